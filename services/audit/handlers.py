@@ -1,0 +1,439 @@
+"""Audit logic: a batch of lifecycle events in, rows for the store and job-record changes out.
+
+No clients here: ``build_rows`` and ``job_updates`` are pure functions of the
+events, so the service only decodes, calls them and hands the results to the
+store and to ``shared.jobs.advance_job``.
+
+Delivery is at-least-once and a batch may arrive in any order, so every
+function folds the batch into at most one row per key, choosing between
+competing events by ``(ts, event_id)`` rather than by position. The same
+events in any order, any number of times, give the same rows; the store's
+upserts repeat the merge rules below in SQL so that separate batches (or
+replicas) converge too.
+
+Requests (key ``request_id``). Every event carries the request context, so any
+event may create the row. Status climbs stages and never falls back:
+``requested`` (0) → ``admitted`` (1) → ``in_progress`` (2) → terminal (3:
+succeeded, failed, denied, cancelled, expired). A row moves only to a higher
+stage, so the first terminal status to be stored is final; inside one batch
+the earliest terminal event wins. Cost and usage totals are not carried by
+these rows: the store sums them from the attempt rows in the same transaction,
+which cannot double count.
+
+Attempts (key ``(request_id, attempt, delivery)``):
+
+- ``delivery = 0`` is *the* record of attempt ``n``: created ``dispatched`` by
+  ``AttemptDispatched``, resolved once by ``AttemptFailed`` (outcome taken from
+  ``error.outcome``) or ``CompletionSucceeded`` (``success``). A resolved
+  outcome is never replaced. Its ``ts`` is the earliest event seen for it,
+  i.e. the dispatch time once that event has been recorded.
+- ``delivery = d >= 1`` records that delivery ``d`` of attempt ``n`` was
+  ``interrupted`` (``AttemptAbandoned``: a worker died mid-call, outcome
+  unknown). A redelivered attempt therefore shows its interrupted deliveries
+  and then its final record; traces list the final record last.
+
+Ledger (key ``(request_id, attempt)``): one row per billed attempt — every
+``CompletionSucceeded`` (its ``cost_usd``) and every ``AttemptFailed`` with
+``cost_usd > 0`` (a provider that charged for a call that then failed).
+
+Prompt text is never read into a row. Completion text goes on the request row
+only when ``store_text`` is on (``AuditSettings.store_text``, default off).
+
+Jobs: for events of async jobs (``ctx.job``), ``job_updates`` gives one
+``JobUpdate`` per job — a callable for ``advance_job`` that proposes the
+furthest state the batch shows (queued → in_progress → terminal) and never
+regresses a stored record. The job id is the request id.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping
+
+import msgspec
+from msgspec import Struct
+
+from shared.canonical import Message, Usage
+from shared.errors import ErrorInfo
+from shared.events import (
+    JOB_STATUS_OF_TERMINAL,
+    AnyEvent,
+    AttemptAbandoned,
+    AttemptDispatched,
+    AttemptFailed,
+    CancelRequested,
+    CompletionFailed,
+    CompletionRequested,
+    CompletionSucceeded,
+    JobRecord,
+    RequestAdmitted,
+    Target,
+    Terminal,
+)
+from shared.jobs import moves_forward
+
+STAGE = {"requested": 0, "admitted": 1, "in_progress": 2,
+         "succeeded": 3, "failed": 3, "denied": 3, "cancelled": 3, "expired": 3}
+TERMINAL_STAGE = 3
+DISPATCHED = "dispatched"
+SUCCESS = "success"
+INTERRUPTED = "interrupted"
+FINAL_DELIVERY = 0
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+class RequestRow(Struct, frozen=True, kw_only=True):
+    """One request as the audit store keeps it (totals are summed by the store)."""
+
+    request_id: str
+    tenant: str
+    team: str
+    key_id: str
+    model: str | None  # as the client asked; unknown until an event carrying the request is seen
+    status: str
+    created_at: float
+    job: bool = False
+    completed_at: float | None = None
+    error_status: int | None = None
+    error_type: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    trace_id: str | None = None
+    completion_text: str | None = None  # only with store_text
+
+    @property
+    def stage(self) -> int:
+        return STAGE[self.status]
+
+
+class AttemptRow(Struct, frozen=True, kw_only=True):
+    """One attempt's record (delivery 0) or one interrupted delivery of it (delivery >= 1)."""
+
+    request_id: str
+    attempt: int
+    delivery: int
+    provider: str
+    model: str
+    deployment: str
+    outcome: str
+    ts: float
+    latency_ms: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class LedgerRow(Struct, frozen=True, kw_only=True):
+    """One billed attempt."""
+
+    request_id: str
+    attempt: int
+    tenant: str
+    team: str
+    key_id: str
+    provider: str
+    model: str
+    deployment: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    cost_usd: float
+    ts: float
+
+
+class AuditBatch(Struct, frozen=True, kw_only=True):
+    """Everything one batch of events writes, at most one row per key, sorted by key."""
+
+    requests: list[RequestRow]
+    attempts: list[AttemptRow]
+    ledger: list[LedgerRow]
+
+    def __bool__(self) -> bool:
+        return bool(self.requests or self.attempts or self.ledger)
+
+
+class JobUpdate(Struct, frozen=True, kw_only=True):
+    """The furthest state a batch shows for one job; call it as ``advance_job``'s ``change``."""
+
+    job_id: str
+    proposed: JobRecord
+
+    def __call__(self, current: JobRecord | None) -> JobRecord | None:
+        if current is None:
+            return self.proposed
+        if not moves_forward(current, self.proposed):
+            return None
+        # What is already stored was seen first, so its identity and earlier times stand.
+        started = [t for t in (current.started_at, self.proposed.started_at) if t is not None]
+        return msgspec.structs.replace(
+            self.proposed,
+            tenant=current.tenant,
+            team=current.team,
+            model=current.model or self.proposed.model,
+            created_at=current.created_at,
+            started_at=min(started) if started else None,
+        )
+
+
+# ---- rows --------------------------------------------------------------------------------
+
+def build_rows(events: Iterable[AnyEvent], *, store_text: bool = False,
+               trace_ids: Mapping[str, str] | None = None) -> AuditBatch:
+    """Fold a batch of events into request, attempt and ledger rows (order- and repeat-insensitive).
+
+    ``trace_ids`` maps request ids to W3C trace ids seen in the messages' headers.
+    """
+    ordered = sorted(events, key=_order)
+    trace_ids = trace_ids or {}
+    requests: dict[str, RequestRow] = {}
+    attempts: dict[tuple[str, int, int], AttemptRow] = {}
+    ledger: dict[tuple[str, int], LedgerRow] = {}
+
+    for event in ordered:
+        row = _request_row(event, store_text, trace_ids.get(event.request_id))
+        requests[event.request_id] = _merge_request(requests.get(event.request_id), row)
+
+        attempt = _attempt_row(event)
+        if attempt is not None:
+            key = (attempt.request_id, attempt.attempt, attempt.delivery)
+            attempts[key] = _merge_attempt(attempts.get(key), attempt)
+
+        billed = _ledger_row(event)
+        if billed is not None:
+            # Events are in (ts, id) order, so the first one kept is the earliest charge.
+            ledger.setdefault((billed.request_id, billed.attempt), billed)
+
+    return AuditBatch(
+        requests=[requests[k] for k in sorted(requests)],
+        attempts=[attempts[k] for k in sorted(attempts)],
+        ledger=[ledger[k] for k in sorted(ledger)],
+    )
+
+
+def _order(event: AnyEvent) -> tuple[float, str, str]:
+    # The tag breaks ties between different events that share an id (all terminals of a request do).
+    return (event.ts, event.event_id, type(event).__name__)
+
+
+def _requested_model(event: AnyEvent) -> str | None:
+    if isinstance(event, (CompletionRequested, RequestAdmitted, AttemptDispatched)):
+        return event.request.model
+    if isinstance(event, AttemptFailed):
+        return event.dispatch.request.model
+    return None
+
+
+def _status_of(event: AnyEvent) -> str:
+    if isinstance(event, Terminal):
+        return event.status
+    if isinstance(event, RequestAdmitted):
+        return "admitted"
+    if isinstance(event, (AttemptDispatched, AttemptFailed, AttemptAbandoned)):
+        return "in_progress"
+    # CompletionRequested, and CancelRequested: a cancel request changes nothing until a terminal says so.
+    return "requested"
+
+
+def _request_row(event: AnyEvent, store_text: bool, trace_id: str | None) -> RequestRow:
+    ctx = event.ctx
+    row = RequestRow(
+        request_id=event.request_id, tenant=ctx.tenant, team=ctx.team, key_id=ctx.key_id,
+        model=_requested_model(event), status=_status_of(event), created_at=ctx.received_at,
+        job=ctx.job, trace_id=trace_id,
+    )
+    if isinstance(event, CompletionFailed):
+        e = event.error
+        return msgspec.structs.replace(row, completed_at=event.ts, error_status=e.status, error_type=e.type,
+                                       error_code=e.code, error_message=e.message)
+    if isinstance(event, CompletionSucceeded):
+        text = completion_text(event) if store_text else None
+        return msgspec.structs.replace(row, completed_at=event.ts, completion_text=text)
+    return row
+
+
+def _merge_request(old: RequestRow | None, new: RequestRow) -> RequestRow:
+    """The store's upsert rule, for rows of one batch; ``new`` never comes before ``old``."""
+    if old is None:
+        return new
+    merged = new if new.stage > old.stage else old
+    return msgspec.structs.replace(
+        merged,
+        tenant=old.tenant, team=old.team, key_id=old.key_id, created_at=old.created_at, job=old.job,
+        model=old.model or new.model,
+        trace_id=old.trace_id or new.trace_id,
+    )
+
+
+def _attempt_row(event: AnyEvent) -> AttemptRow | None:
+    if isinstance(event, AttemptDispatched):
+        return _attempt_base(event.request_id, event.attempt, FINAL_DELIVERY, event.target, DISPATCHED, event.ts)
+    if isinstance(event, AttemptFailed):
+        usage = event.usage
+        base = _attempt_base(event.request_id, event.dispatch.attempt, FINAL_DELIVERY, event.dispatch.target,
+                             event.error.outcome, event.ts)
+        return msgspec.structs.replace(
+            base, latency_ms=event.latency_ms, cost_usd=event.cost_usd,
+            error_code=event.error.code, error_message=event.error.message,
+            **({} if usage is None else _tokens(usage)))
+    if isinstance(event, CompletionSucceeded):
+        base = _attempt_base(event.request_id, event.attempt, FINAL_DELIVERY, event.target, SUCCESS, event.ts)
+        return msgspec.structs.replace(base, latency_ms=event.latency_ms, cost_usd=event.cost_usd,
+                                       **_tokens(event.response.usage))
+    if isinstance(event, AttemptAbandoned):
+        # Delivery numbers start at 1; 0 is reserved for the attempt's own record.
+        delivery = max(event.delivery, 1)
+        return _attempt_base(event.request_id, event.attempt, delivery, event.target, INTERRUPTED, event.ts)
+    return None
+
+
+def _attempt_base(request_id: str, attempt: int, delivery: int, target: Target, outcome: str,
+                  ts: float) -> AttemptRow:
+    return AttemptRow(request_id=request_id, attempt=attempt, delivery=delivery, provider=target.provider,
+                      model=target.model, deployment=target.deployment, outcome=outcome, ts=ts)
+
+
+def _tokens(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "cached_tokens": usage.cached_tokens, "reasoning_tokens": usage.reasoning_tokens}
+
+
+def _merge_attempt(old: AttemptRow | None, new: AttemptRow) -> AttemptRow:
+    """The store's upsert rule: the first resolved outcome stands; ``ts`` is the earliest seen."""
+    if old is None:
+        return new
+    resolves = old.outcome == DISPATCHED and new.outcome != DISPATCHED
+    kept = new if resolves else old
+    return msgspec.structs.replace(kept, ts=min(old.ts, new.ts))
+
+
+def _ledger_row(event: AnyEvent) -> LedgerRow | None:
+    if isinstance(event, CompletionSucceeded):
+        attempt, target, usage, cost = event.attempt, event.target, event.response.usage, event.cost_usd
+    elif isinstance(event, AttemptFailed) and event.cost_usd > 0:
+        # Billed on cost, not on the presence of usage: a charge must never be left out of the ledger.
+        attempt, target, usage, cost = event.dispatch.attempt, event.dispatch.target, event.usage, event.cost_usd
+    else:
+        return None
+    ctx = event.ctx
+    tokens = _tokens(usage) if usage is not None else {
+        "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0}
+    return LedgerRow(request_id=event.request_id, attempt=attempt, tenant=ctx.tenant, team=ctx.team,
+                     key_id=ctx.key_id, provider=target.provider, model=target.model,
+                     deployment=target.deployment, cost_usd=cost, ts=event.ts, **tokens)
+
+
+# ---- jobs --------------------------------------------------------------------------------
+
+def job_updates(events: Iterable[AnyEvent]) -> list[JobUpdate]:
+    """One ``JobUpdate`` per async job the batch touches (events without ``ctx.job`` are ignored)."""
+    by_job: dict[str, list[AnyEvent]] = {}
+    for event in sorted(events, key=_order):
+        if event.ctx.job:
+            by_job.setdefault(event.request_id, []).append(event)
+    updates = []
+    for job_id in sorted(by_job):
+        proposed = _job_record(job_id, by_job[job_id])
+        if proposed is not None:
+            updates.append(JobUpdate(job_id=job_id, proposed=proposed))
+    return updates
+
+
+def _job_record(job_id: str, events: list[AnyEvent]) -> JobRecord | None:
+    """The furthest job state shown by one job's events (already in (ts, id) order)."""
+    first = events[0]
+    model = next((m for m in map(_requested_model, events) if m), None)
+    started_at = next((e.ts for e in events if isinstance(
+        e, (RequestAdmitted, AttemptDispatched, AttemptFailed, AttemptAbandoned))), None)
+    terminal = next((e for e in events if isinstance(e, Terminal)), None)
+    record = JobRecord(id=job_id, tenant=first.ctx.tenant, team=first.ctx.team, model=model or "",
+                       status="queued", created_at=first.ctx.received_at, started_at=started_at)
+    if terminal is not None:
+        if isinstance(terminal, CompletionSucceeded):
+            return msgspec.structs.replace(record, model=model or terminal.target.model, status="completed",
+                                           completed_at=terminal.ts, result=render_completion(terminal))
+        return msgspec.structs.replace(record, status=JOB_STATUS_OF_TERMINAL[terminal.status],
+                                       completed_at=terminal.ts, error=_error_of(terminal))
+    if started_at is not None:
+        return msgspec.structs.replace(record, status="in_progress")
+    if any(isinstance(e, CompletionRequested) for e in events):
+        return record
+    return None  # only a CancelRequested: nothing to say until the terminal event comes
+
+
+def _error_of(event: Terminal) -> ErrorInfo | None:
+    return event.error if isinstance(event, CompletionFailed) else None
+
+
+# ---- rendering ---------------------------------------------------------------------------
+
+def render_completion(event: CompletionSucceeded) -> dict:
+    """The OpenAI ``chat.completion`` object for a successful request, with a ``switchyard`` extension."""
+    response = event.response
+    body = {
+        "id": f"chatcmpl-{event.request_id}",
+        "object": "chat.completion",
+        "created": int(event.ts),
+        "model": event.target.model,
+        "choices": [
+            {"index": c.index, "message": _render_message(c.message), "logprobs": None,
+             "finish_reason": c.finish_reason}
+            for c in response.choices
+        ],
+        "usage": response.usage.openai(),
+    }
+    if response.system_fingerprint is not None:
+        body["system_fingerprint"] = response.system_fingerprint
+    body["switchyard"] = {
+        "request_id": event.request_id,
+        "provider": event.target.provider,
+        "deployment": event.target.deployment,
+        "attempts": event.attempt,
+        "cost_usd": event.cost_usd,
+    }
+    return body
+
+
+def _render_message(message: Message) -> dict:
+    out: dict = {"role": message.role, "content": _text(message)}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": tc.id, "type": tc.type or "function",
+             "function": {"name": tc.function.name if tc.function else None,
+                          "arguments": tc.function.arguments if tc.function else None}}
+            for tc in message.tool_calls
+        ]
+    if message.refusal is not None:
+        out["refusal"] = message.refusal
+    return out
+
+
+def _text(message: Message) -> str | None:
+    if message.content is None or isinstance(message.content, str):
+        return message.content
+    return "".join(p.text for p in message.content if p.text)
+
+
+def completion_text(event: CompletionSucceeded) -> str | None:
+    """The answer's text (first choice), for operators who turned ``store_text`` on."""
+    if not event.response.choices:
+        return None
+    return _text(event.response.choices[0].message)
+
+
+# ---- trace context -----------------------------------------------------------------------
+
+def trace_id_from_headers(headers: Mapping[str, str] | None) -> str | None:
+    """The W3C trace id in a message's ``traceparent`` header, if it carries a valid one."""
+    if not headers:
+        return None
+    value = headers.get("traceparent") or headers.get("Traceparent")
+    match = _TRACEPARENT.match(value.strip().lower()) if value else None
+    if match is None or match.group(1) == "0" * 32:
+        return None
+    return match.group(1)

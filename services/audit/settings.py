@@ -1,0 +1,15 @@
+"""Audit settings (``SWITCHYARD_AUDIT__*``)."""
+
+from pydantic import BaseModel, Field
+
+from shared.settings import ConsumerSettings
+
+
+class AuditSettings(BaseModel):
+    """Where traces and the cost ledger are kept."""
+
+    consumer: ConsumerSettings = Field(default_factory=lambda: ConsumerSettings(batch=256, concurrency=1))
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite+aiosqlite:///<data_dir>/audit.db. "
+                          "PostgreSQL: postgresql+asyncpg://user@host/db")
+    store_text: bool = Field(False, description="keep prompt/completion text (off: never stored)")

@@ -1,0 +1,130 @@
+"""Builds a process: settings → telemetry → bus → catalog → the targets it was asked to run.
+
+The module table says which service each target runs (loki's ``-target``):
+``all`` runs everything in one process; ``gateway``, ``policy``, ``router``,
+``audit``, ``worker`` (every configured provider) or ``worker:<provider>``
+run one piece each; a comma list runs several.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from services.settings import Settings
+from shared.auth import KeyEntry, KeyRing, generate_key
+from shared.bus import Bus
+from shared.catalog import Catalog, load_catalog
+from shared.telemetry import Telemetry
+
+log = logging.getLogger("switchyard")
+
+# target → module exposing ``async def run(deps, arg)``; dependencies are the bus and the catalog for all.
+MODULES: dict[str, str] = {
+    "gateway": "services.gateway.app",
+    "policy": "services.policy.service",
+    "router": "services.router.service",
+    "worker": "services.workers.service",
+    "audit": "services.audit.service",
+}
+ALL = ("audit", "policy", "router", "worker", "gateway")
+
+
+@dataclass
+class Deps:
+    """Everything a service needs, built once per process."""
+
+    settings: Settings
+    telemetry: Telemetry
+    bus: Bus
+    catalog: Catalog
+    keyring: KeyRing
+    targets: list[str]
+    ready: dict[str, bool] = field(default_factory=dict)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def is_ready(self) -> bool:
+        return self.bus.connected and all(self.ready.get(t, False) for t in self.targets)
+
+
+def parse_targets(spec: str) -> list[str]:
+    """``all`` / ``gateway,router`` / ``worker:openai`` → validated list of targets."""
+    out: list[str] = []
+    for raw in (s.strip() for s in spec.split(",")):
+        if not raw:
+            continue
+        if raw == "all":
+            out.extend(ALL)
+            continue
+        name = raw.split(":", 1)[0]
+        if name not in MODULES:
+            raise SystemExit(f"unknown target {raw!r}; known: all, {', '.join(MODULES)} (worker:<provider>)")
+        out.append(raw)
+    if not out:
+        raise SystemExit("no target given")
+    return list(dict.fromkeys(out))
+
+
+def build_keyring(settings: Settings) -> tuple[KeyRing, str | None]:
+    """Keys from configuration; when no admin key is set one is generated (and returned to be printed once)."""
+    entries = [KeyEntry(key=k, tenant=v.tenant, team=v.team, role=v.role) for k, v in settings.api_keys.items()]
+    generated = None
+    if settings.admin_key is not None:
+        admin = settings.admin_key.get_secret_value()
+    else:
+        admin = generated = generate_key()
+    entries.append(KeyEntry(key=admin, tenant="default", team="default", role="admin"))
+    return KeyRing(settings.key_secret.get_secret_value().encode(), entries), generated
+
+
+async def build(settings: Settings, targets: list[str]) -> Deps:
+    telemetry = Telemetry(settings.telemetry, service_name="switchyard-" + "-".join(t.replace(":", "-") for t in targets)[:60])
+    bus = Bus(settings.nats, telemetry, name="switchyard:" + ",".join(targets))
+    await bus.connect()
+    await bus.ensure_stream()
+    catalog = load_catalog(settings.catalog_path)
+    keyring, generated = build_keyring(settings)
+    if generated and any(t.startswith("gateway") for t in targets):
+        # Printed once so a developer can call the API; set SWITCHYARD_ADMIN_KEY to choose it.
+        print(f"switchyard: generated admin key (set SWITCHYARD_ADMIN_KEY to fix one): {generated}", flush=True)
+    return Deps(settings=settings, telemetry=telemetry, bus=bus, catalog=catalog, keyring=keyring, targets=targets)
+
+
+async def run_targets(deps: Deps, stop: asyncio.Event) -> None:
+    """Start every target, then wait for ``stop``; shut down in reverse order."""
+    tasks = []
+    for target in deps.targets:
+        name, _, arg = target.partition(":")
+        module = importlib.import_module(MODULES[name])
+        tasks.append(asyncio.ensure_future(module.run(deps, arg or None), ))
+    if not any(t.startswith("gateway") for t in deps.targets) and deps.settings.metrics_port is not None:
+        from services.gateway.app import serve_ops  # /metrics and /readyz for a process without the API
+
+        tasks.append(asyncio.ensure_future(serve_ops(deps, deps.settings.metrics_port)))
+    waiter = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for t in done:
+        if t is not waiter and t.exception() is not None:
+            log.error("target failed: %r", t.exception())
+    for fn in reversed(deps.on_stop):
+        try:
+            await fn()
+        except Exception as exc:  # noqa: BLE001 - best effort on the way out
+            log.warning("stop hook failed: %r", exc)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await deps.bus.close()
+
+
+async def main(settings: Settings, targets: list[str]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    deps = await build(settings, targets)
+    await run_targets(deps, stop)

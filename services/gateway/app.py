@@ -1,0 +1,402 @@
+"""The gateway: OpenAI-compatible HTTP API in front of the bus (the only module that knows routes and subjects).
+
+A synchronous call publishes ``CompletionRequested`` (durable once PubAck'd)
+and waits for its own terminal event, delivered over core NATS on
+``sy.evt.done.<gateway id>``; at its deadline it answers 504 while the request
+still finishes and is recorded. Async jobs live in JetStream KV so any
+replica answers a poll. Traces and the ledger are read from audit over NATS
+request/reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import msgspec
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.bootstrap import Deps
+from services.gateway import handlers as h
+from shared.auth import Principal
+from shared.errors import (
+    Conflict,
+    DeadlineExceeded,
+    ErrorInfo,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+    SwitchyardError,
+    Unauthenticated,
+    error_info,
+)
+from shared.events import (
+    JOB_ORIGIN,
+    TERMINAL_JOB_STATUSES,
+    CompletionCancelled,
+    CompletionSucceeded,
+    JobRecord,
+    RequestContext,
+    TerminalEvent,
+    decoder,
+    done_subject,
+    terminal_id,
+)
+from shared.jobs import JOBS, advance_job, get_job
+from shared.openai_format import model_list, render_completion
+
+log = logging.getLogger("switchyard.gateway")
+RPC_TRACE = "sy.rpc.audit.trace"
+RPC_LEDGER = "sy.rpc.audit.ledger"
+_terminal_decoder = msgspec.json.Decoder(TerminalEvent)
+
+
+class Waiters:
+    """Futures of the synchronous requests this gateway instance is answering, keyed by request id."""
+
+    def __init__(self) -> None:
+        self._futures: dict[str, asyncio.Future] = {}
+
+    def add(self, request_id: str) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self._futures[request_id] = fut
+        return fut
+
+    def discard(self, request_id: str) -> None:
+        self._futures.pop(request_id, None)
+
+    def resolve(self, event: TerminalEvent) -> None:
+        fut = self._futures.get(event.request_id)
+        if fut is not None and not fut.done():
+            fut.set_result(event)
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+
+def error_response(info: ErrorInfo, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if info.retry_after is not None:
+        headers["Retry-After"] = str(max(1, min(120, int(round(info.retry_after)))))
+    return JSONResponse(info.body(), status_code=info.status, headers=headers)
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(msgspec.json.encode(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
+    return request.headers.get("x-api-key") or request.headers.get("api-key")
+
+
+class Gateway:
+    """Route handlers bound to one process's dependencies."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.settings = deps.settings.gateway
+        self.id = "gw" + uuid.uuid4().hex[:12]
+        self.waiters = Waiters()
+        self.metrics = deps.telemetry.metrics
+        self._jobs_kv = None
+        self._owner = {m.name: m.deployments[0].provider for m in deps.catalog.models.values()}
+
+    async def start(self) -> None:
+        await self.deps.bus.nc.subscribe(done_subject(self.id), cb=self._on_done)
+        self._jobs_kv = await self.deps.bus.kv(JOBS)
+
+    async def _on_done(self, msg) -> None:
+        try:
+            self.waiters.resolve(_terminal_decoder.decode(msg.data))
+        except msgspec.DecodeError as exc:
+            log.error("undecodable terminal event: %s", exc)
+
+    def principal(self, request: Request) -> Principal:
+        p = self.deps.keyring.authenticate(bearer(request))
+        if p is None:
+            raise Unauthenticated("Incorrect or missing API key. Pass it as 'Authorization: Bearer <key>'.")
+        return p
+
+    # ---- chat completions -----------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        started = time.perf_counter()
+        principal = self.principal(request)
+        chat = h.parse_chat_request(await request.body(), self.settings.max_body_bytes)
+        if chat.stream:
+            raise InvalidRequest("streaming is not enabled on this gateway yet; send stream=false", param="stream")
+        timeout = h.timeout_for(request.headers.get("x-switchyard-timeout"), self.settings.default_timeout_s,
+                                self.settings.max_timeout_s)
+        rid = h.new_request_id()
+        event = h.completion_requested(chat, principal, request_id=rid, origin=self.id, timeout_s=timeout, job=False)
+        fut = self.waiters.add(rid)
+        try:
+            await self.deps.bus.publish(event)
+            try:
+                term = await asyncio.wait_for(fut, timeout=max(0.001, event.ctx.remaining()))
+            except asyncio.TimeoutError:
+                self.metrics.requests.labels("chat.completions", "timeout").inc()
+                raise DeadlineExceeded(f"request {rid} did not finish within {timeout:g}s; it goes on and is "
+                                       f"recorded: see GET /v1/requests/{rid}") from None
+        finally:
+            self.waiters.discard(rid)
+        total = time.perf_counter() - started
+        overhead = h.overhead_s(term, total)
+        self.metrics.request_duration.labels("chat.completions").observe(total)
+        self.metrics.overhead.labels("chat.completions").observe(overhead)
+        self.metrics.requests.labels("chat.completions", term.status).inc()
+        headers = {"x-request-id": rid, "x-switchyard-overhead-ms": f"{overhead * 1000:.3f}"}
+        if isinstance(term, CompletionSucceeded):
+            headers["x-switchyard-provider"] = term.target.provider
+            return _json(render_completion(term), headers=headers)
+        return error_response(h.terminal_error(term), headers)
+
+    # ---- jobs -----------------------------------------------------------------------------
+
+    async def submit_job(self, request: Request) -> Response:
+        principal = self.principal(request)
+        chat = h.parse_chat_request(await request.body(), self.settings.max_body_bytes)
+        if chat.stream:
+            raise InvalidRequest("a job cannot stream; send stream=false", param="stream")
+        now = time.time()
+        rid = "job_" + uuid.uuid4().hex
+        event = h.completion_requested(chat, principal, request_id=rid, origin=JOB_ORIGIN,
+                                       timeout_s=self.settings.job_timeout_s, job=True, now=now)
+        record = JobRecord(id=rid, tenant=principal.tenant, team=principal.team, model=chat.model, status="queued",
+                           created_at=now, key_id=principal.key_id, deadline=event.ctx.deadline)
+        # Durable once the stream has it; the KV record only serves polls (audit re-creates it if this write fails).
+        await self.deps.bus.publish(event)
+        try:
+            await advance_job(self._jobs_kv, rid, lambda cur: record if cur is None else None)
+        except Exception as exc:  # noqa: BLE001 - the job is accepted; audit writes the record
+            log.warning("job %s accepted but its record was not written yet: %r", rid, exc)
+        self.metrics.jobs_submitted.inc()
+        return _json(record.public(), status=202, headers={"x-request-id": rid})
+
+    async def _own_job(self, request: Request, job_id: str) -> tuple[Principal, JobRecord]:
+        principal = self.principal(request)
+        record = await get_job(self._jobs_kv, job_id) if h.SAFE_ID.match(job_id) else None
+        if record is None or record.tenant != principal.tenant:
+            raise NotFound(f"No job found with id '{job_id}'.", param="job_id")
+        return principal, record
+
+    async def get_job(self, request: Request, job_id: str) -> Response:
+        _, record = await self._own_job(request, job_id)
+        return _json(record.public())
+
+    async def cancel_job(self, request: Request, job_id: str) -> Response:
+        principal, record = await self._own_job(request, job_id)
+        if principal.role == "viewer":
+            raise PermissionDenied("viewer keys cannot cancel jobs")
+        if record.status in TERMINAL_JOB_STATUSES:
+            raise Conflict(f"Cannot cancel a job with status '{record.status}'.", code="job_not_cancellable")
+        ctx = RequestContext(tenant=record.tenant, team=record.team, key_id=record.key_id, origin=JOB_ORIGIN,
+                             deadline=record.deadline or time.time(), received_at=record.created_at, job=True)
+        cancelled = CompletionCancelled(
+            event_id=terminal_id(job_id), request_id=job_id, ctx=ctx,
+            error=ErrorInfo(status=499, type="cancelled", code="cancelled", message="The job was cancelled.",
+                            outcome="cancelled"))
+        ack = await self.deps.bus.publish(cancelled)
+        if ack is not None and ack.duplicate:
+            # The request had already ended; the stored record catches up with its real outcome.
+            _, record = await self._own_job(request, job_id)
+            return _json(record.public())
+        now = time.time()
+        stored = await advance_job(self._jobs_kv, job_id, lambda cur: msgspec.structs.replace(
+            cur or record, status="cancelled", completed_at=now, error=cancelled.error))
+        return _json((stored or record).public())
+
+    # ---- reads from audit -----------------------------------------------------------------
+
+    async def _rpc(self, subject: str, query: dict) -> dict:
+        try:
+            reply = await self.deps.bus.nc.request(subject, msgspec.json.encode(query), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - no audit replica answered
+            raise ServiceUnavailable("the audit service did not answer; try again shortly") from exc
+        body = msgspec.json.decode(reply.data)
+        if "error" in body:
+            raise ServiceUnavailable(body["error"])
+        return body
+
+    async def trace(self, request: Request, request_id: str) -> Response:
+        principal = self.principal(request)
+        if not h.SAFE_ID.match(request_id):
+            raise NotFound(f"No request found with id '{request_id}'.", param="request_id")
+        body = await self._rpc(RPC_TRACE, {"request_id": request_id, "tenant": principal.tenant})
+        if body.get("trace") is None:
+            raise NotFound(f"No request found with id '{request_id}'.", param="request_id")
+        return _json(body["trace"])
+
+    async def ledger(self, request: Request) -> Response:
+        principal = self.principal(request)
+        q = request.query_params
+        query: dict[str, Any] = {"tenant": principal.tenant}
+        for name in ("team", "model", "provider"):
+            if q.get(name):
+                query[name] = q[name]
+        for name in ("since", "until"):
+            if q.get(name):
+                query[name] = _timestamp(q[name], name)
+        if q.get("limit"):
+            try:
+                query["limit"] = max(1, min(1000, int(q["limit"])))
+            except ValueError:
+                raise InvalidRequest("limit must be an integer", param="limit") from None
+        body = await self._rpc(RPC_LEDGER, query)
+        return _json(body["ledger"])
+
+    async def models(self, request: Request) -> Response:
+        self.principal(request)
+        names = self.deps.catalog.available_models()
+        return _json(model_list(names, self._owner))
+
+
+def _timestamp(value: str, name: str) -> float:
+    """Epoch seconds or ISO 8601."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    from datetime import datetime, timezone
+
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"{name} must be epoch seconds or ISO 8601", param=name) from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def install_ops_routes(app: FastAPI, deps: Deps) -> None:
+    """/healthz, /readyz and /metrics: served by every process."""
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        ready = deps.is_ready()
+        body = {"ready": ready, "bus": deps.bus.connected, "targets": {t: deps.ready.get(t, False)
+                                                                      for t in deps.targets}}
+        return _json(body, status=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(deps.telemetry.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in OpenAI's shape."""
+
+    @app.exception_handler(SwitchyardError)
+    async def _sy(_: Request, exc: SwitchyardError) -> Response:
+        return error_response(exc.info())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(ErrorInfo(status=exc.status_code, type="invalid_request_error", code=code,
+                                        message=str(exc.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return error_response(ErrorInfo(status=400, type="invalid_request_error", code="invalid_request",
+                                        message=first.get("msg", "invalid request"), param=param))
+
+    @app.exception_handler(Exception)
+    async def _other(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error: %r", exc)
+        return error_response(error_info(exc))
+
+
+_CHAT_SCHEMA = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/ChatRequest"}}}}}
+
+
+def create_app(deps: Deps, gw: Gateway) -> FastAPI:
+    app = FastAPI(title="Switchyard", version="0.1.0",
+                  description="OpenAI-compatible gateway of the Switchyard LLM control plane.")
+    install_error_handlers(app)
+    install_ops_routes(app, deps)
+    app.add_api_route("/v1/chat/completions", gw.chat_completions, methods=["POST"], openapi_extra=_CHAT_SCHEMA,
+                      summary="Create a chat completion (OpenAI format)")
+    app.add_api_route("/v1/models", gw.models, methods=["GET"], summary="List the models that can be called")
+    app.add_api_route("/v1/jobs", gw.submit_job, methods=["POST"], status_code=202, openapi_extra=_CHAT_SCHEMA,
+                      summary="Submit a chat completion as an async job")
+    app.add_api_route("/v1/jobs/{job_id}", gw.get_job, methods=["GET"], summary="Poll a job")
+    app.add_api_route("/v1/jobs/{job_id}/cancel", gw.cancel_job, methods=["POST"], summary="Cancel a job")
+    app.add_api_route("/v1/requests/{request_id}", gw.trace, methods=["GET"],
+                      summary="A request's trace: every attempt in order")
+    app.add_api_route("/v1/ledger", gw.ledger, methods=["GET"], summary="Cost ledger rows and totals")
+    _add_schemas(app)
+    return app
+
+
+def _add_schemas(app: FastAPI) -> None:
+    """Publish the msgspec request schema in the OpenAPI document (/docs)."""
+    from shared.canonical import ChatRequest
+
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        (_, components) = msgspec.json.schema_components([ChatRequest], ref_template="#/components/schemas/{name}")
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the bootstrap owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        yield
+
+
+async def serve(app: FastAPI, host: str, port: int, deps: Deps) -> None:
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+                            loop="none", http="httptools", timeout_keep_alive=30, backlog=4096)
+    server = _Server(config)
+
+    async def stop() -> None:
+        server.should_exit = True
+
+    deps.on_stop.append(stop)
+    await server.serve()
+
+
+async def serve_ops(deps: Deps, port: int) -> None:
+    """Only /healthz, /readyz and /metrics (processes that run no gateway)."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    install_ops_routes(app, deps)
+    await serve(app, "0.0.0.0", port, deps)
+
+
+async def run(deps: Deps, arg: str | None = None) -> None:
+    gw = Gateway(deps)
+    await gw.start()
+    app = create_app(deps, gw)
+    s = deps.settings.gateway
+    deps.ready["gateway"] = True
+    print(f"switchyard: gateway listening on http://{s.host}:{s.port} (docs at /docs)", flush=True)
+    await serve(app, s.host, s.port, deps)

@@ -1,0 +1,14 @@
+"""Gateway settings (``SWITCHYARD_GATEWAY__*``)."""
+
+from pydantic import BaseModel, Field
+
+
+class GatewaySettings(BaseModel):
+    """HTTP front door."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    default_timeout_s: float = Field(120.0, gt=0, description="deadline of a request that names none")
+    max_timeout_s: float = Field(600.0, gt=0, description="the longest deadline a client may ask for")
+    job_timeout_s: float = Field(600.0, gt=0, description="deadline of an async job")

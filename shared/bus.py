@@ -1,0 +1,370 @@
+"""The bus: one JetStream stream of lifecycle events, durable pull consumers, KV buckets.
+
+``Bus`` connects, creates or updates what it needs, publishes events with
+``Nats-Msg-Id`` (the event id) and W3C trace headers, and runs consume loops
+that map a handler's outcome to the acknowledgement:
+
+    handler returned events   → publish them (awaiting PubAck), then ack
+    retryable error           → nak with backoff (redelivered later)
+    non-retryable error       → term (the message is given up)
+    last delivery still fails → ``on_poison`` turns it into terminal events, then term
+
+Publishing before acking is what makes delivery at-least-once; deterministic
+event ids make the publishes idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterable, Sequence
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    PubAck,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from shared.errors import ServiceUnavailable, SwitchyardError
+from shared.events import STREAM_SUBJECTS, AnyEvent, Event, decoder, encoder
+from shared.settings import ConsumerSettings, NatsSettings
+from shared.telemetry import Telemetry
+
+log = logging.getLogger("switchyard.bus")
+
+Handler = Callable[[AnyEvent, "Delivery"], Awaitable[Sequence[Event]]]
+BatchHandler = Callable[[list[tuple[AnyEvent, "Delivery"]]], Awaitable[Sequence[Event]]]
+PoisonHandler = Callable[[AnyEvent, BaseException], Sequence[Event]]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A JetStream KV bucket a service needs."""
+
+    name: str
+    history: int = 1
+    ttl_s: float | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A durable pull consumer and the subjects it reads."""
+
+    durable: str
+    subjects: tuple[str, ...]
+    settings: ConsumerSettings = field(default_factory=ConsumerSettings)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the handler may know about the message that carried its event."""
+
+    num_delivered: int
+    headers: dict[str, str]
+    stream_seq: int
+    msg: Msg | None = None
+
+    async def in_progress(self) -> None:
+        """Tell JetStream the work goes on (resets the ack timer)."""
+        if self.msg is not None:
+            await self.msg.in_progress()
+
+
+def backoff(num_delivered: int, base: float = 0.25, cap: float = 10.0) -> float:
+    """Redelivery delay after ``num_delivered`` failed deliveries."""
+    return min(cap, base * 2 ** max(0, num_delivered - 1))
+
+
+class Bus:
+    """A connection to NATS with the stream, consumers and KV buckets Switchyard uses."""
+
+    def __init__(self, settings: NatsSettings, telemetry: Telemetry, name: str = "switchyard") -> None:
+        self.settings = settings
+        self.telemetry = telemetry
+        self.name = name
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self._kv: dict[str, KeyValue] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = asyncio.Event()
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def connect(self) -> "Bus":
+        self.nc = await nats.connect(
+            self.settings.url,
+            name=self.name,
+            connect_timeout=self.settings.connect_timeout_s,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+            pending_size=64 * 1024 * 1024,
+        )
+        self.js = self.nc.jetstream(timeout=self.settings.connect_timeout_s)
+        return self
+
+    async def close(self) -> None:
+        self._stopping.set()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:  # noqa: BLE001 - closing anyway
+                await self.nc.close()
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def ensure_stream(self) -> None:
+        """Create the event stream, or bring an existing one to the configured shape."""
+        s = self.settings
+        cfg = StreamConfig(
+            name=s.stream,
+            subjects=STREAM_SUBJECTS,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=s.max_age_s,
+            max_bytes=s.max_bytes,
+            duplicate_window=s.duplicate_window_s,
+            num_replicas=s.replicas,
+        )
+        try:
+            await self.js.add_stream(cfg)
+        except BadRequestError:
+            await self.js.update_stream(cfg)
+
+    async def ensure_consumer(self, sub: Subscription) -> None:
+        cs = sub.settings
+        cfg = ConsumerConfig(
+            durable_name=sub.durable,
+            filter_subjects=list(sub.subjects) if len(sub.subjects) > 1 else None,
+            filter_subject=sub.subjects[0] if len(sub.subjects) == 1 else None,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=cs.ack_wait_s,
+            max_deliver=cs.max_deliver,
+            max_ack_pending=max(cs.concurrency * 4, cs.batch * 2),
+            max_waiting=512,
+        )
+        try:
+            await self.js.add_consumer(self.settings.stream, cfg)
+        except BadRequestError as exc:  # exists with another shape: update in place
+            log.info("updating consumer %s: %s", sub.durable, exc)
+            await self.js.add_consumer(self.settings.stream, cfg)
+
+    async def kv(self, bucket: Bucket) -> KeyValue:
+        """The KV bucket, created on first use."""
+        if bucket.name in self._kv:
+            return self._kv[bucket.name]
+        try:
+            kv = await self.js.key_value(bucket.name)
+        except (NotFoundError, BadRequestError, Exception):  # noqa: BLE001 - nats-py raises several kinds
+            kv = await self.js.create_key_value(KeyValueConfig(
+                bucket=bucket.name, history=bucket.history, ttl=bucket.ttl_s, description=bucket.description,
+                storage=StorageType.FILE, replicas=self.settings.kv_replicas))
+        self._kv[bucket.name] = kv
+        return kv
+
+    # ---- publishing -----------------------------------------------------------------------
+
+    async def publish(self, event: Event, attempts: int = 5) -> PubAck:
+        """Publish one event durably (PubAck awaited); retried publishes are de-duplicated by event id.
+
+        The returned PubAck's ``duplicate`` says the stream already had an event with this id.
+        """
+        data = encoder.encode(event)
+        headers = self.telemetry.inject({"Nats-Msg-Id": event.event_id})
+        subject = event.subject()
+        for i in range(attempts):
+            try:
+                return await self.js.publish(subject, data, headers=headers)
+            except (NatsTimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
+                    asyncio.TimeoutError) as exc:
+                if i == attempts - 1:
+                    raise ServiceUnavailable(f"event bus unavailable: {type(exc).__name__}") from exc
+                await asyncio.sleep(min(2.0, 0.05 * 2**i))
+
+    async def publish_all(self, events: Iterable[Event]) -> None:
+        events = list(events)
+        if len(events) == 1:
+            await self.publish(events[0])
+        elif events:
+            await asyncio.gather(*(self.publish(e) for e in events))
+
+    # ---- consuming ------------------------------------------------------------------------
+
+    def start(self, coro: Awaitable) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _pull(self, sub: Subscription):
+        await self.ensure_consumer(sub)
+        return await self.js.pull_subscribe_bind(sub.durable, stream=self.settings.stream)
+
+    async def _fetch(self, psub, n: int) -> list[Msg]:
+        try:
+            return await psub.fetch(batch=n, timeout=5.0)
+        except (NatsTimeoutError, asyncio.TimeoutError):
+            return []
+        except Exception as exc:  # noqa: BLE001 - reconnecting, consumer re-created, ...
+            if self._stopping.is_set():
+                return []
+            log.warning("fetch failed (%s); retrying", exc)
+            await asyncio.sleep(0.5)
+            return []
+
+    def _decode(self, msg: Msg) -> AnyEvent | None:
+        try:
+            return decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.error("undecodable message on %s (seq %s): %s", msg.subject, msg.metadata.sequence.stream, exc)
+            return None
+
+    async def consume(self, service: str, sub: Subscription, handler: Handler,
+                      on_poison: PoisonHandler | None = None) -> None:
+        """Run ``handler`` on every message of ``sub``, up to ``concurrency`` at once, until closed."""
+        psub = await self._pull(sub)
+        cs = sub.settings
+        running: set[asyncio.Task] = set()
+        while not self._stopping.is_set():
+            free = cs.concurrency - len(running)
+            if free <= 0:
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            for msg in await self._fetch(psub, min(cs.batch, free)):
+                t = asyncio.ensure_future(self._handle_one(service, sub, msg, handler, on_poison))
+                running.add(t)
+                t.add_done_callback(running.discard)
+
+    async def _handle_one(self, service: str, sub: Subscription, msg: Msg, handler: Handler,
+                          on_poison: PoisonHandler | None) -> None:
+        event = self._decode(msg)
+        metrics = self.telemetry.metrics
+        if event is None:
+            await msg.term()
+            metrics.events.labels(service, "undecodable", "term").inc()
+            return
+        kind = type(event).__name__
+        meta = msg.metadata
+        delivery = Delivery(num_delivered=meta.num_delivered, headers=dict(msg.headers or {}),
+                            stream_seq=meta.sequence.stream, msg=msg)
+        started = time.perf_counter()
+        keepalive = _Keepalive(msg, sub.settings.ack_wait_s)
+        try:
+            with self.telemetry.span(f"{service} {kind}", delivery.headers,
+                                     **{"switchyard.request_id": event.request_id}):
+                out = await handler(event, delivery)
+                await self.publish_all(out)
+            await msg.ack()
+            result = "ack"
+        except Exception as exc:  # noqa: BLE001 - mapped to an acknowledgement below
+            result = await self._settle_failure(service, sub, msg, event, exc, on_poison)
+        finally:
+            keepalive.stop()
+        metrics.events.labels(service, kind, result).inc()
+        metrics.handler_duration.labels(service, kind).observe(time.perf_counter() - started)
+
+    async def _settle_failure(self, service: str, sub: Subscription, msg: Msg, event: AnyEvent,
+                              exc: BaseException, on_poison: PoisonHandler | None) -> str:
+        retryable = exc.retryable if isinstance(exc, SwitchyardError) else True
+        last = msg.metadata.num_delivered >= sub.settings.max_deliver
+        if retryable and not last:
+            log.warning("%s: %s for %s failed (delivery %d), will retry: %r", service, type(event).__name__,
+                        event.request_id, msg.metadata.num_delivered, exc)
+            await _quiet(msg.nak(delay=backoff(msg.metadata.num_delivered)))
+            return "nak"
+        log.error("%s: giving up %s for %s after %d deliveries: %r", service, type(event).__name__,
+                  event.request_id, msg.metadata.num_delivered, exc)
+        if on_poison is not None:
+            try:
+                await self.publish_all(on_poison(event, exc))
+            except Exception as pub_exc:  # noqa: BLE001 - keep the message for another try
+                log.error("could not publish the terminal event for %s: %r", event.request_id, pub_exc)
+                await _quiet(msg.nak(delay=backoff(msg.metadata.num_delivered)))
+                return "nak"
+        await _quiet(msg.term())
+        return "term"
+
+    async def consume_batches(self, service: str, sub: Subscription, handler: BatchHandler) -> None:
+        """Hand whole fetched batches to ``handler`` (for stores that write in bulk); ack them together."""
+        psub = await self._pull(sub)
+        while not self._stopping.is_set():
+            msgs = await self._fetch(psub, sub.settings.batch)
+            if not msgs:
+                continue
+            items = []
+            for msg in msgs:
+                event = self._decode(msg)
+                if event is None:
+                    await _quiet(msg.term())
+                    continue
+                meta = msg.metadata
+                items.append((event, Delivery(num_delivered=meta.num_delivered, headers=dict(msg.headers or {}),
+                                              stream_seq=meta.sequence.stream, msg=msg)))
+            if not items:
+                continue
+            started = time.perf_counter()
+            try:
+                out = await handler(items)
+                await self.publish_all(out)
+            except Exception as exc:  # noqa: BLE001 - the batch is redelivered
+                log.warning("%s: batch of %d failed, will retry: %r", service, len(items), exc)
+                await asyncio.gather(*(_quiet(d.msg.nak(delay=backoff(d.num_delivered))) for _, d in items))
+                self.telemetry.metrics.events.labels(service, "batch", "nak").inc(len(items))
+                continue
+            await asyncio.gather(*(_quiet(d.msg.ack()) for _, d in items))
+            self.telemetry.metrics.events.labels(service, "batch", "ack").inc(len(items))
+            self.telemetry.metrics.handler_duration.labels(service, "batch").observe(time.perf_counter() - started)
+
+    async def pending(self, durable: str) -> int:
+        """Messages the consumer has not yet delivered (its lag)."""
+        info = await self.js.consumer_info(self.settings.stream, durable)
+        return info.num_pending or 0
+
+
+class _Keepalive:
+    """Sends ``in_progress`` for a message whose handler runs longer than a third of ``ack_wait``."""
+
+    def __init__(self, msg: Msg, ack_wait_s: float) -> None:
+        self._msg = msg
+        self._every = max(0.2, ack_wait_s / 3)
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(self._every, self._tick)
+        self._task: asyncio.Task | None = None
+
+    def _tick(self) -> None:
+        self._task = asyncio.ensure_future(_quiet(self._msg.in_progress()))
+        self._handle = self._loop.call_later(self._every, self._tick)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+async def _quiet(aw: Awaitable) -> None:
+    """Await an acknowledgement; a lost connection only means the message is redelivered."""
+    try:
+        await aw
+    except Exception as exc:  # noqa: BLE001
+        log.debug("acknowledgement failed: %r", exc)

@@ -1,0 +1,194 @@
+"""The canonical chat model every provider adapter translates to and from.
+
+It is shaped after OpenAI's Chat Completions wire format (the gateway's public
+API), so an OpenAI request decodes straight into it; other providers'
+adapters translate. Structs are msgspec, decoded once at the gateway and then
+carried inside events.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
+class ContentPart(Struct, kw_only=True, omit_defaults=True):
+    """One part of a multi-part message: text, an image, or audio/file passed through."""
+
+    type: str
+    text: str | None = None
+    image_url: dict[str, Any] | None = None
+    input_audio: dict[str, Any] | None = None
+    file: dict[str, Any] | None = None
+
+
+class FunctionCall(Struct, kw_only=True, omit_defaults=True):
+    """A function name and its JSON-encoded arguments."""
+
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCall(Struct, kw_only=True, omit_defaults=True):
+    """A tool call produced by the model (also used for streamed deltas, where fields arrive piecemeal)."""
+
+    id: str | None = None
+    type: str | None = "function"
+    function: FunctionCall | None = None
+    index: int | None = None
+
+
+class Message(Struct, kw_only=True, omit_defaults=True):
+    """One chat message."""
+
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+
+
+class ChatRequest(Struct, kw_only=True, omit_defaults=True):
+    """A chat completion request (OpenAI's fields; unknown fields are ignored)."""
+
+    model: Annotated[str, Meta(min_length=1, max_length=256)]
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
+    stop: str | list[str] | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = None
+    seed: int | None = None
+    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    # Switchyard's extension object (routing hints); ignored by OpenAI itself.
+    switchyard: dict[str, Any] | None = None
+
+    def output_cap(self) -> int | None:
+        """The output-token cap the client asked for, whichever field carried it."""
+        return self.max_completion_tokens or self.max_tokens
+
+
+class Usage(Struct, kw_only=True, omit_defaults=False):
+    """Token usage of one attempt, in canonical units."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def openai(self) -> dict[str, Any]:
+        """OpenAI's usage object."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+        }
+
+
+class Choice(Struct, kw_only=True):
+    """One generated alternative."""
+
+    index: int = 0
+    message: Message
+    finish_reason: FinishReason | None = None
+
+
+class ChatResponse(Struct, kw_only=True, omit_defaults=True):
+    """A provider's answer in canonical form."""
+
+    model: str
+    choices: list[Choice]
+    usage: Usage = msgspec.field(default_factory=Usage)
+    provider_id: str | None = None
+    system_fingerprint: str | None = None
+
+
+class Delta(Struct, kw_only=True, omit_defaults=True):
+    """The increment one stream chunk adds to a choice."""
+
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    refusal: str | None = None
+
+
+class ChunkChoice(Struct, kw_only=True):
+    """One choice's increment in a stream chunk."""
+
+    index: int = 0
+    delta: Delta = msgspec.field(default_factory=Delta)
+    finish_reason: FinishReason | None = None
+
+
+class StreamChunk(Struct, kw_only=True, omit_defaults=True):
+    """A canonical streaming increment; the provider's final usage arrives as a chunk with ``usage`` set."""
+
+    choices: list[ChunkChoice] = msgspec.field(default_factory=list)
+    usage: Usage | None = None
+    model: str | None = None
+
+
+def prompt_text(request: ChatRequest) -> str:
+    """All text the prompt carries, concatenated (for size estimates and scanning)."""
+    parts: list[str] = []
+    for m in request.messages:
+        if isinstance(m.content, str):
+            parts.append(m.content)
+        elif m.content:
+            parts.extend(p.text for p in m.content if p.text)
+    return "\n".join(parts)
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap, provider-neutral token estimate (~4 characters a token), used before the provider counts."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def estimate_prompt_tokens(request: ChatRequest) -> int:
+    """Estimated prompt tokens including per-message overhead."""
+    return estimate_tokens(prompt_text(request)) + 4 * len(request.messages)
+
+
+class EmbeddingRequest(Struct, kw_only=True, omit_defaults=True):
+    """An embeddings request (OpenAI's fields)."""
+
+    model: Annotated[str, Meta(min_length=1, max_length=256)]
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    user: str | None = None
+    switchyard: dict[str, Any] | None = None
+
+
+class EmbeddingResponse(Struct, kw_only=True):
+    """Embedding vectors in input order, with usage."""
+
+    model: str
+    data: list[list[float]]
+    usage: Usage = msgspec.field(default_factory=Usage)

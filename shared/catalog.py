@@ -1,0 +1,277 @@
+"""The routing catalog: providers, models (with prices), deployments and aliases.
+
+One YAML document, validated with pydantic. A bad document is refused with
+messages that name the offending entry and its line; the built-in catalog
+(``shared/catalog.yaml``) is the base an operator's file overrides or extends
+by name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from shared.events import Target
+
+SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+CAPABILITIES = frozenset({"tools", "json", "vision", "streaming", "embeddings"})
+
+
+class CatalogError(ValueError):
+    """The catalog document is invalid; ``problems`` lists every problem with its line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid catalog:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderSpec(_Spec):
+    """A provider endpoint and how to authenticate against it."""
+
+    name: str
+    type: str = Field(description="adapter: mock, openai, ...")
+    base_url: str | None = None
+    api_key_env: str | None = Field(None, description="environment variable holding the key")
+    api_key: SecretStr | None = Field(None, description="inline key (prefer api_key_env)")
+    timeout_s: float = Field(60.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_in_flight: int = Field(256, ge=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not SAFE_NAME.match(v):
+            raise ValueError("must be lowercase letters, digits, '-' or '_' (it becomes a NATS subject token)")
+        return v
+
+    def credential(self, env: Mapping[str, str] | None = None) -> str | None:
+        """The provider's API key, resolved in one place."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            return (os.environ if env is None else env).get(self.api_key_env) or None
+        return None
+
+    def configured(self, env: Mapping[str, str] | None = None) -> bool:
+        """A provider that needs a key is usable only when the key is present."""
+        return self.api_key_env is None and self.api_key is None or self.credential(env) is not None
+
+
+class DeploymentSpec(_Spec):
+    """One place a model is served."""
+
+    provider: str
+    id: str | None = None
+    upstream_model: str | None = Field(None, description="the provider's name for the model (defaults to the model name)")
+    weight: float = Field(1.0, gt=0)
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, v: str | None) -> str | None:
+        if v is not None and not SAFE_ID.match(v):
+            raise ValueError("deployment ids use letters, digits and . _ : / -")
+        return v
+
+
+class ModelSpec(_Spec):
+    """A model clients can ask for, its prices (USD per million tokens) and where it runs."""
+
+    name: str
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(None, ge=0)
+    context_window: int = Field(128_000, ge=1)
+    max_output_tokens: int = Field(4096, ge=1)
+    capabilities: frozenset[str] = frozenset({"streaming"})
+    quality: dict[str, float] = Field(default_factory=dict)
+    latency_prior_ms: float = Field(1000.0, gt=0)
+    deployments: list[DeploymentSpec] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_model(cls, v: str) -> str:
+        if not SAFE_ID.match(v):
+            raise ValueError("model names use letters, digits and . _ : / -")
+        return v
+
+    @field_validator("capabilities")
+    @classmethod
+    def _known_caps(cls, v: frozenset[str]) -> frozenset[str]:
+        unknown = set(v) - CAPABILITIES
+        if unknown:
+            raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
+        return v
+
+
+class CatalogDoc(_Spec):
+    """The whole catalog document."""
+
+    version: int = 1
+    extends_builtin: bool = Field(True, description="merge over the built-in catalog by name")
+    providers: list[ProviderSpec] = Field(default_factory=list)
+    models: list[ModelSpec] = Field(default_factory=list)
+    aliases: dict[str, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self) -> "CatalogDoc":
+        providers = {p.name for p in self.providers}
+        models = {m.name for m in self.models}
+        problems = []
+        for m in self.models:
+            for d in m.deployments:
+                if d.provider not in providers:
+                    problems.append(f"model {m.name!r} has a deployment on unknown provider {d.provider!r}")
+        for alias, targets in self.aliases.items():
+            if alias in models:
+                problems.append(f"alias {alias!r} shadows a model of the same name")
+            for t in targets:
+                if t not in models:
+                    problems.append(f"alias {alias!r} points at unknown model {t!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class Catalog:
+    """A validated catalog with the look-ups services need."""
+
+    def __init__(self, doc: CatalogDoc, env: Mapping[str, str] | None = None) -> None:
+        self.doc = doc
+        self._env = env
+        self.providers = {p.name: p for p in doc.providers}
+        self.models = {m.name: m for m in doc.models}
+        self.aliases = dict(doc.aliases)
+
+    @cached_property
+    def _targets(self) -> dict[str, list[Target]]:
+        out: dict[str, list[Target]] = {}
+        for m in self.doc.models:
+            out[m.name] = [
+                Target(
+                    deployment=d.id or f"{d.provider}/{d.upstream_model or m.name}",
+                    provider=d.provider,
+                    model=m.name,
+                    upstream_model=d.upstream_model or m.name,
+                )
+                for d in m.deployments
+                if self.providers[d.provider].configured(self._env)
+            ]
+        return out
+
+    def knows(self, name: str) -> bool:
+        return name in self.models or name in self.aliases
+
+    def targets(self, name: str) -> list[Target]:
+        """Ordered candidate deployments for a model or alias (only those whose provider is configured)."""
+        names = self.aliases.get(name, [name])
+        return [t for n in names for t in self._targets.get(n, [])]
+
+    def available_models(self) -> list[str]:
+        """Models and aliases that have at least one usable deployment."""
+        names = [m for m, ts in self._targets.items() if ts]
+        names += [a for a in self.aliases if self.targets(a)]
+        return names
+
+    def model_for(self, name: str) -> ModelSpec | None:
+        """The model a name means (an alias means its first model)."""
+        if name in self.models:
+            return self.models[name]
+        first = self.aliases.get(name)
+        return self.models[first[0]] if first else None
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+    """Walk a composed YAML node along a pydantic error location to find its line (1-based)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            nxt = node.value[part]
+        else:
+            nxt = None
+        if nxt is None:
+            break
+        node = nxt
+        line = node.start_mark.line + 1
+    return line
+
+
+def _entry_name(data: Any, loc: tuple) -> str:
+    """Name the offending entry (``models[3] 'gpt-4o'``) rather than only its index."""
+    out, cur = [], data
+    for part in loc:
+        try:
+            cur = cur[part]
+        except (KeyError, IndexError, TypeError):
+            break
+        if isinstance(part, int) and isinstance(cur, dict) and "name" in cur:
+            out.append(f"[{part}] {cur['name']!r}")
+        else:
+            out.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return "".join(out).lstrip(".") or "document"
+
+
+def parse_catalog(text: str, source: str = "<catalog>") -> CatalogDoc:
+    """Parse and validate one catalog document; raise CatalogError naming every problem and its line."""
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise CatalogError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(data, dict):
+        raise CatalogError([f"{source}:1: the catalog must be a mapping with providers, models and aliases"])
+    try:
+        return CatalogDoc.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            line = _line_of(node, loc)
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{source}:{line or '?'}: {_entry_name(data, loc)}: {msg}")
+        raise CatalogError(problems) from None
+
+
+def builtin_text() -> str:
+    return resources.files("shared").joinpath("catalog.yaml").read_text()
+
+
+def merge(base: CatalogDoc, over: CatalogDoc) -> CatalogDoc:
+    """Operator entries replace built-in ones of the same name; new ones are added."""
+    providers = {p.name: p for p in base.providers} | {p.name: p for p in over.providers}
+    models = {m.name: m for m in base.models} | {m.name: m for m in over.models}
+    aliases = base.aliases | over.aliases
+    try:
+        return CatalogDoc(providers=list(providers.values()), models=list(models.values()), aliases=aliases,
+                          version=over.version)
+    except ValidationError as exc:
+        raise CatalogError([e["msg"].removeprefix("Value error, ") for e in exc.errors()]) from None
+
+
+def load_catalog(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Catalog:
+    """The built-in catalog, merged with the operator's document at ``path`` when given."""
+    doc = parse_catalog(builtin_text(), "builtin catalog.yaml")
+    if path:
+        p = Path(path)
+        own = parse_catalog(p.read_text(), str(p))
+        doc = merge(doc, own) if own.extends_builtin else own
+    return Catalog(doc, env)

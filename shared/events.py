@@ -1,0 +1,286 @@
+"""Lifecycle events: the contract between services.
+
+Every event is a frozen, tagged msgspec struct with the envelope
+``event_id`` / ``request_id`` / ``ts`` / ``schema_version``. Event ids are
+deterministic (request id + stage), and the bus publishes them as
+``Nats-Msg-Id``, so a handler that runs twice for one message publishes
+nothing new. New fields get defaults; existing fields never change type.
+
+Subjects (all captured by one stream, ``sy.evt.>``):
+
+    sy.evt.requested            CompletionRequested        gateway → policy
+    sy.evt.admitted             RequestAdmitted            policy  → router
+    sy.evt.attempt.<provider>   AttemptDispatched          router  → worker.<provider>
+    sy.evt.attempt_failed       AttemptFailed              worker  → router
+    sy.evt.attempt_abandoned    AttemptAbandoned           worker  → audit
+    sy.evt.cancel               CancelRequested            gateway → audit (jobs)
+    sy.evt.done.<origin>        terminal events            → gateway <origin>, audit
+
+Streaming chunks are not events: they go over core NATS on
+``sy.chunk.<request_id>`` and are never stored.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar, Literal, Union
+
+import msgspec
+from msgspec import Struct
+
+from shared.canonical import ChatRequest, ChatResponse, Usage
+from shared.errors import ErrorInfo
+
+SCHEMA_VERSION = 1
+STREAM_SUBJECTS = ["sy.evt.>"]
+JOB_ORIGIN = "jobs"
+
+
+def chunk_subject(request_id: str) -> str:
+    """Core-NATS subject carrying a streaming request's chunks (ephemeral, not in the stream)."""
+    return f"sy.chunk.{request_id}"
+
+
+def done_subject(origin: str) -> str:
+    """Subject of terminal events for requests that came in through ``origin``."""
+    return f"sy.evt.done.{origin}"
+
+
+class RequestContext(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Who asked, where the answer goes, and by when: carried by every event of a request."""
+
+    tenant: str
+    team: str
+    key_id: str
+    origin: str  # a gateway instance id (sync waiters) or JOB_ORIGIN
+    deadline: float  # epoch seconds
+    received_at: float  # epoch seconds at the gateway
+    job: bool = False
+    stream: bool = False
+    api: str = "chat.completions"
+
+    def remaining(self, now: float | None = None) -> float:
+        return self.deadline - (time.time() if now is None else now)
+
+
+class Target(Struct, frozen=True, kw_only=True):
+    """One concrete place a request can run: a deployment of a model at a provider."""
+
+    deployment: str
+    provider: str
+    model: str
+    upstream_model: str
+
+
+class AttemptSummary(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What one attempt came to, as carried forward for the final error."""
+
+    attempt: int
+    deployment: str
+    provider: str
+    model: str
+    outcome: str
+    message: str = ""
+
+
+class Event(Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    """Envelope shared by every event."""
+
+    event_id: str
+    request_id: str
+    ts: float = msgspec.field(default_factory=time.time)
+    schema_version: int = SCHEMA_VERSION
+    ctx: RequestContext
+
+    terminal: ClassVar[bool] = False
+
+    def subject(self) -> str:  # pragma: no cover - every concrete event overrides
+        raise NotImplementedError
+
+
+class CompletionRequested(Event, frozen=True, kw_only=True, tag=True):
+    """A client asked for a chat completion; the gateway has it durably."""
+
+    request: ChatRequest
+
+    def subject(self) -> str:
+        return "sy.evt.requested"
+
+
+class RequestAdmitted(Event, frozen=True, kw_only=True, tag=True):
+    """Policy let the request through, with the constraints routing must honour."""
+
+    request: ChatRequest
+    allowed_providers: list[str] | None = None
+    estimated_prompt_tokens: int = 0
+
+    def subject(self) -> str:
+        return "sy.evt.admitted"
+
+
+class AttemptDispatched(Event, frozen=True, kw_only=True, tag=True):
+    """The router sent attempt ``attempt`` to ``target``; ``plan`` holds the candidates still left."""
+
+    request: ChatRequest
+    attempt: int
+    target: Target
+    plan: list[Target] = msgspec.field(default_factory=list)
+    history: list[AttemptSummary] = msgspec.field(default_factory=list)
+    timeout_s: float = 60.0
+
+    def subject(self) -> str:
+        return f"sy.evt.attempt.{self.target.provider}"
+
+
+class AttemptFailed(Event, frozen=True, kw_only=True, tag=True):
+    """An attempt ended without an answer; the router decides what comes next."""
+
+    dispatch: AttemptDispatched
+    error: ErrorInfo
+    latency_ms: float = 0.0
+    usage: Usage | None = None
+    cost_usd: float = 0.0
+
+    def subject(self) -> str:
+        return "sy.evt.attempt_failed"
+
+
+class AttemptAbandoned(Event, frozen=True, kw_only=True, tag=True):
+    """A worker picked up an attempt whose earlier delivery never finished: its outcome is unknown."""
+
+    attempt: int
+    target: Target
+    delivery: int
+
+    def subject(self) -> str:
+        return "sy.evt.attempt_abandoned"
+
+
+class CancelRequested(Event, frozen=True, kw_only=True, tag=True):
+    """The owner of a job asked to cancel it."""
+
+    def subject(self) -> str:
+        return "sy.evt.cancel"
+
+
+class Terminal(Event, frozen=True, kw_only=True, tag=True):
+    """Base of the events that end a request. Exactly one reaches the stream per request."""
+
+    terminal: ClassVar[bool] = True
+    status: ClassVar[str] = "failed"
+
+    def subject(self) -> str:
+        return done_subject(self.ctx.origin)
+
+
+class CompletionSucceeded(Terminal, frozen=True, kw_only=True, tag=True):
+    """The request was answered."""
+
+    status: ClassVar[str] = "succeeded"
+    attempt: int
+    target: Target
+    response: ChatResponse
+    cost_usd: float
+    latency_ms: float  # time spent waiting on the provider
+    ttft_ms: float | None = None
+    history: list[AttemptSummary] = msgspec.field(default_factory=list)
+
+
+class CompletionFailed(Terminal, frozen=True, kw_only=True, tag=True):
+    """No candidate could answer, or the request could not be processed."""
+
+    status: ClassVar[str] = "failed"
+    error: ErrorInfo
+    history: list[AttemptSummary] = msgspec.field(default_factory=list)
+
+
+class RequestDenied(CompletionFailed, frozen=True, kw_only=True, tag=True):
+    """Policy refused the request."""
+
+    status: ClassVar[str] = "denied"
+
+
+class CompletionCancelled(CompletionFailed, frozen=True, kw_only=True, tag=True):
+    """The request was cancelled before it finished."""
+
+    status: ClassVar[str] = "cancelled"
+
+
+class CompletionExpired(CompletionFailed, frozen=True, kw_only=True, tag=True):
+    """The request's deadline passed before it finished."""
+
+    status: ClassVar[str] = "expired"
+
+
+AnyEvent = Union[
+    CompletionRequested,
+    RequestAdmitted,
+    AttemptDispatched,
+    AttemptFailed,
+    AttemptAbandoned,
+    CancelRequested,
+    CompletionSucceeded,
+    CompletionFailed,
+    RequestDenied,
+    CompletionCancelled,
+    CompletionExpired,
+]
+
+TerminalEvent = Union[CompletionSucceeded, CompletionFailed, RequestDenied, CompletionCancelled, CompletionExpired]
+
+encoder = msgspec.json.Encoder()
+decoder = msgspec.json.Decoder(AnyEvent)
+
+
+def terminal_id(request_id: str) -> str:
+    """Every terminal event of a request shares this id, so the stream keeps only the first."""
+    return f"{request_id}.done"
+
+
+# ---- job records (JetStream KV, written by audit, read by any gateway) ----------------------
+
+JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled", "expired"]
+TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled", "expired"})
+JOB_STATUS_OF_TERMINAL = {
+    "succeeded": "completed",
+    "failed": "failed",
+    "denied": "failed",
+    "cancelled": "cancelled",
+    "expired": "expired",
+}
+
+
+class JobRecord(Struct, kw_only=True, omit_defaults=True):
+    """The pollable state of one async job."""
+
+    id: str
+    tenant: str
+    team: str
+    model: str
+    status: JobStatus
+    created_at: float
+    key_id: str = ""
+    deadline: float = 0.0
+    started_at: float | None = None
+    completed_at: float | None = None
+    result: dict | None = None  # the chat completion, OpenAI shape
+    error: ErrorInfo | None = None
+
+    def public(self) -> dict:
+        """The job as the API shows it."""
+        body: dict = {
+            "id": self.id,
+            "object": "job",
+            "model": self.model,
+            "status": self.status,
+            "created_at": int(self.created_at),
+            "started_at": int(self.started_at) if self.started_at else None,
+            "completed_at": int(self.completed_at) if self.completed_at else None,
+            "result": self.result,
+            "error": self.error.body()["error"] if self.error else None,
+        }
+        return body
+
+
+job_encoder = encoder
+job_decoder = msgspec.json.Decoder(JobRecord)

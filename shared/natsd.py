@@ -62,8 +62,11 @@ class NatsServer:
 
     def start(self, timeout: float = 15.0) -> "NatsServer":
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", self.host, "-p", str(self.port),
-               "-l", str(self.log_file), "--max_payload", "8MB"]
+        conf = self.store_dir / "nats-server.conf"
+        # max_payload exists only in the config file: prompts with images exceed the 1 MB default.
+        conf.write_text(f'listen: "{self.host}:{self.port}"\nmax_payload: 8MB\n'
+                        f'jetstream {{ store_dir: "{self.store_dir}" }}\n')
+        cmd = [nats_server_binary(), "-c", str(conf), "-l", str(self.log_file)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout

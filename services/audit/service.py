@@ -1,0 +1,103 @@
+"""Audit service: every event, in batches, into the trace/ledger store and the job records.
+
+Reads the whole stream (``sy.evt.>``) through its own durable consumer, folds
+each fetched batch into rows written in one transaction, advances job records
+in KV, and answers trace and ledger queries from the gateway over NATS
+request/reply (queue group ``audit``, so any replica answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from services.audit.handlers import build_rows, job_updates, trace_id_from_headers
+from services.audit.store import AuditStore
+from services.bootstrap import Deps
+from shared.bus import Delivery, Subscription
+from shared.events import AnyEvent, Event
+from shared.jobs import JOBS, advance_job
+
+log = logging.getLogger("switchyard.audit")
+DURABLE = "audit"
+RPC_TRACE = "sy.rpc.audit.trace"
+RPC_LEDGER = "sy.rpc.audit.ledger"
+
+
+def database_url(deps: Deps) -> str:
+    s = deps.settings
+    return s.audit.database_url or f"sqlite+aiosqlite:///{Path(s.data_dir).resolve() / 'audit.db'}"
+
+
+class _LedgerQuery(msgspec.Struct, forbid_unknown_fields=True):
+    tenant: str
+    team: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+
+
+class _TraceQuery(msgspec.Struct, forbid_unknown_fields=True):
+    request_id: str
+    tenant: str
+
+
+async def run(deps: Deps, arg: str | None = None) -> None:
+    s = deps.settings.audit
+    store = await AuditStore.open(database_url(deps))
+    jobs_kv = await deps.bus.kv(JOBS)
+    nc = deps.bus.nc
+
+    async def handle(items: list[tuple[AnyEvent, Delivery]]) -> list[Event]:
+        events = [e for e, _ in items]
+        trace_ids = {e.request_id: t for e, d in items if (t := trace_id_from_headers(d.headers))}
+        await store.apply(build_rows(events, store_text=s.store_text, trace_ids=trace_ids))
+        # Job records after the rows: a poll that sees "completed" finds the trace too.
+        await asyncio.gather(*(advance_job(jobs_kv, u.job_id, u) for u in job_updates(events)))
+        return []
+
+    async def answer(msg, query_type: type, fn) -> None:
+        try:
+            query = msgspec.json.decode(msg.data, type=query_type)
+            body: dict[str, Any] = await fn(query)
+        except msgspec.DecodeError as exc:
+            body = {"error": f"bad query: {exc}"}
+        except Exception as exc:  # noqa: BLE001 - the caller turns this into a 503
+            log.exception("audit query failed")
+            body = {"error": f"audit store unavailable: {type(exc).__name__}"}
+        await msg.respond(msgspec.json.encode(body))
+
+    async def on_trace(msg) -> None:
+        await answer(msg, _TraceQuery, lambda q: _trace(store, q))
+
+    async def on_ledger(msg) -> None:
+        await answer(msg, _LedgerQuery, lambda q: _ledger(store, q))
+
+    subs = [await nc.subscribe(RPC_TRACE, queue="audit", cb=on_trace),
+            await nc.subscribe(RPC_LEDGER, queue="audit", cb=on_ledger)]
+
+    async def stop() -> None:
+        for sub in subs:
+            await sub.unsubscribe()
+        await store.close()
+
+    deps.on_stop.append(stop)
+    sub = Subscription(DURABLE, ("sy.evt.>",), s.consumer)
+    await deps.bus.ensure_consumer(sub)
+    deps.ready["audit"] = True
+    await deps.bus.consume_batches("audit", sub, handle)
+
+
+async def _trace(store: AuditStore, q: _TraceQuery) -> dict:
+    return {"trace": await store.trace(q.request_id, q.tenant)}
+
+
+async def _ledger(store: AuditStore, q: _LedgerQuery) -> dict:
+    return {"ledger": await store.ledger(q.tenant, team=q.team, model=q.model, provider=q.provider, since=q.since,
+                                         until=q.until, limit=q.limit)}

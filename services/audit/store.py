@@ -1,0 +1,402 @@
+"""The audit store: per-request traces and the cost ledger in SQL (SQLite by default, PostgreSQL by URL).
+
+SQLAlchemy 2 Core on async engines. ``apply`` writes one batch of rows from
+``services.audit.handlers.build_rows`` in one transaction of upserts whose
+merge rules live in SQL, so redeliveries, batches applied out of order and
+concurrent replicas all converge on the same contents:
+
+- requests: a row only moves to a higher stage (the first terminal status
+  stored is final); identity columns keep their first value; the model and
+  trace id are filled in once known.
+- attempts: the first resolved outcome stands over ``dispatched``; ``ts`` is
+  the earliest seen.
+- ledger: insert once per ``(request_id, attempt)``, never updated.
+
+A request's cost, token and attempt totals are re-summed from its attempt rows
+in the same transaction. The request rows are upserted first, in key order,
+which on PostgreSQL takes their row locks in a fixed order: a concurrent
+transaction touching the same request waits, then sums what was committed, so
+totals are never computed from half of two batches (and no deadlock arises).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    case,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from services.audit.handlers import DISPATCHED, FINAL_DELIVERY, AuditBatch
+
+MAX_LEDGER_PAGE = 1000
+COST_DIGITS = 10  # sums of floats are rounded so equal ledgers print equal totals
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The audit tables, named with a prefix so several stores can share one database."""
+
+    metadata: MetaData
+    requests: Table
+    attempts: Table
+    ledger: Table
+
+
+def build_schema(prefix: str = "audit_") -> Schema:
+    """Table definitions for ``prefix`` (built per store: nothing is shared at module level)."""
+    md = MetaData()
+    requests = Table(
+        f"{prefix}requests", md,
+        Column("request_id", String(128), primary_key=True),
+        Column("tenant", String(128), nullable=False),
+        Column("team", String(128), nullable=False),
+        Column("key_id", String(128), nullable=False),
+        Column("model", String(256)),
+        Column("stage", Integer, nullable=False),
+        Column("status", String(32), nullable=False),
+        Column("job", Boolean, nullable=False, default=False),
+        Column("created_at", Float, nullable=False),
+        Column("completed_at", Float),
+        Column("error_status", Integer),
+        Column("error_type", String(64)),
+        Column("error_code", String(128)),
+        Column("error_message", Text),
+        Column("attempts", Integer, nullable=False, default=0),
+        Column("prompt_tokens", BigInteger, nullable=False, default=0),
+        Column("completion_tokens", BigInteger, nullable=False, default=0),
+        Column("cached_tokens", BigInteger, nullable=False, default=0),
+        Column("reasoning_tokens", BigInteger, nullable=False, default=0),
+        Column("cost_usd", Float, nullable=False, default=0.0),
+        Column("trace_id", String(32)),
+        Column("completion_text", Text),
+        Index(f"{prefix}requests_tenant", "tenant", "created_at"),
+    )
+    attempts = Table(
+        f"{prefix}attempts", md,
+        Column("request_id", String(128), primary_key=True),
+        Column("attempt", Integer, primary_key=True),
+        Column("delivery", Integer, primary_key=True),  # 0: the attempt's record; n >= 1: interrupted delivery n
+        Column("provider", String(128), nullable=False),
+        Column("model", String(256), nullable=False),
+        Column("deployment", String(256), nullable=False),
+        Column("outcome", String(32), nullable=False),
+        Column("ts", Float, nullable=False),
+        Column("latency_ms", Float),
+        Column("prompt_tokens", Integer, nullable=False, default=0),
+        Column("completion_tokens", Integer, nullable=False, default=0),
+        Column("cached_tokens", Integer, nullable=False, default=0),
+        Column("reasoning_tokens", Integer, nullable=False, default=0),
+        Column("cost_usd", Float, nullable=False, default=0.0),
+        Column("error_code", String(128)),
+        Column("error_message", Text),
+    )
+    ledger = Table(
+        f"{prefix}ledger", md,
+        Column("request_id", String(128), primary_key=True),
+        Column("attempt", Integer, primary_key=True),
+        Column("tenant", String(128), nullable=False),
+        Column("team", String(128), nullable=False),
+        Column("key_id", String(128), nullable=False),
+        Column("provider", String(128), nullable=False),
+        Column("model", String(256), nullable=False),
+        Column("deployment", String(256), nullable=False),
+        Column("prompt_tokens", Integer, nullable=False),
+        Column("completion_tokens", Integer, nullable=False),
+        Column("cached_tokens", Integer, nullable=False),
+        Column("reasoning_tokens", Integer, nullable=False),
+        Column("cost_usd", Float, nullable=False),
+        Column("ts", Float, nullable=False),
+        Index(f"{prefix}ledger_tenant_ts", "tenant", "ts"),
+        Index(f"{prefix}ledger_team", "team"),
+    )
+    return Schema(metadata=md, requests=requests, attempts=attempts, ledger=ledger)
+
+
+class AuditStore:
+    """Traces and the cost ledger behind one async SQLAlchemy engine."""
+
+    def __init__(self, engine: AsyncEngine, schema: Schema) -> None:
+        self.engine = engine
+        self.schema = schema
+        dialect = engine.dialect.name
+        if dialect == "sqlite":
+            self._insert = sqlite.insert
+        elif dialect == "postgresql":
+            self._insert = postgresql.insert
+        else:
+            raise ValueError(f"unsupported audit database {dialect!r}: use sqlite+aiosqlite or postgresql+asyncpg")
+
+    @classmethod
+    async def open(cls, url: str, *, prefix: str = "audit_") -> "AuditStore":
+        """Connect to ``url`` and create the tables and indexes that are missing."""
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+            engine = create_async_engine(url)
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_async_engine(url, pool_pre_ping=True)
+        store = cls(engine, build_schema(prefix))
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(store.schema.metadata.create_all)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        """Raise if the database cannot be reached (for readiness checks)."""
+        async with self.engine.connect() as conn:
+            await conn.execute(select(1))
+
+    # ---- writing ----------------------------------------------------------------------------
+
+    async def apply(self, batch: AuditBatch) -> None:
+        """Write one batch in one transaction; applying it again changes nothing."""
+        if not batch:
+            return
+        async with self.engine.begin() as conn:
+            if batch.requests:
+                await self._upsert_requests(conn, batch)
+            if batch.attempts:
+                await self._upsert_attempts(conn, batch)
+            if batch.ledger:
+                stmt = self._insert(self.schema.ledger).on_conflict_do_nothing(
+                    index_elements=["request_id", "attempt"])
+                await conn.execute(stmt, [_row_params(r) for r in batch.ledger])
+            if batch.attempts:
+                await self._resum_requests(conn, sorted({a.request_id for a in batch.attempts}))
+
+    async def _upsert_requests(self, conn: AsyncConnection, batch: AuditBatch) -> None:
+        t = self.schema.requests
+        stmt = self._insert(t)
+        new = stmt.excluded
+        advances = new.stage > t.c.stage
+
+        def by_stage(name: str):
+            return case((advances, new[name]), else_=t.c[name])
+
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["request_id"],
+            set_={
+                **{name: by_stage(name) for name in (
+                    "stage", "status", "completed_at", "error_status", "error_type", "error_code",
+                    "error_message", "completion_text")},
+                "model": func.coalesce(t.c.model, new.model),
+                "trace_id": func.coalesce(t.c.trace_id, new.trace_id),
+            },
+        )
+        params = [{**_row_params(r), "stage": r.stage} for r in sorted(batch.requests, key=lambda r: r.request_id)]
+        await conn.execute(stmt, params)
+
+    async def _upsert_attempts(self, conn: AsyncConnection, batch: AuditBatch) -> None:
+        t = self.schema.attempts
+        stmt = self._insert(t)
+        new = stmt.excluded
+        resolves = and_(t.c.outcome == DISPATCHED, new.outcome != DISPATCHED)
+
+        def on_resolve(name: str):
+            return case((resolves, new[name]), else_=t.c[name])
+
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["request_id", "attempt", "delivery"],
+            set_={
+                **{name: on_resolve(name) for name in (
+                    "outcome", "latency_ms", "prompt_tokens", "completion_tokens", "cached_tokens",
+                    "reasoning_tokens", "cost_usd", "error_code", "error_message")},
+                "ts": case((new.ts < t.c.ts, new.ts), else_=t.c.ts),
+            },
+        )
+        await conn.execute(stmt, [_row_params(r) for r in batch.attempts])
+
+    async def _resum_requests(self, conn: AsyncConnection, request_ids: list[str]) -> None:
+        a, r = self.schema.attempts, self.schema.requests
+        sums = await conn.execute(
+            select(a.c.request_id, func.count(a.c.attempt.distinct()), func.sum(a.c.prompt_tokens),
+                   func.sum(a.c.completion_tokens), func.sum(a.c.cached_tokens), func.sum(a.c.reasoning_tokens),
+                   func.sum(a.c.cost_usd))
+            .where(a.c.request_id.in_(request_ids))
+            .group_by(a.c.request_id)
+            .order_by(a.c.request_id))
+        params = [
+            {"b_id": rid, "b_attempts": int(n), "b_prompt": int(p or 0), "b_completion": int(c or 0),
+             "b_cached": int(ca or 0), "b_reasoning": int(rs or 0), "b_cost": float(cost or 0.0)}
+            for rid, n, p, c, ca, rs, cost in sums.all()
+        ]
+        if not params:
+            return
+        await conn.execute(
+            update(r).where(r.c.request_id == bindparam("b_id")).values(
+                attempts=bindparam("b_attempts"), prompt_tokens=bindparam("b_prompt"),
+                completion_tokens=bindparam("b_completion"), cached_tokens=bindparam("b_cached"),
+                reasoning_tokens=bindparam("b_reasoning"), cost_usd=bindparam("b_cost")),
+            params)
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    async def trace(self, request_id: str, tenant: str) -> dict | None:
+        """The request's trace, or None when there is none *for this tenant* (callers answer 404 either way)."""
+        r, a = self.schema.requests, self.schema.attempts
+        async with self.engine.connect() as conn:
+            req = (await conn.execute(
+                select(r).where(r.c.request_id == request_id, r.c.tenant == tenant))).mappings().first()
+            if req is None:
+                return None
+            rows = (await conn.execute(
+                select(a).where(a.c.request_id == request_id)
+                # The attempt's own record (delivery 0) closes its group, after the interrupted deliveries.
+                .order_by(a.c.attempt, case((a.c.delivery == FINAL_DELIVERY, 1), else_=0), a.c.delivery)
+            )).mappings().all()
+
+        completed = req["completed_at"]
+        body: dict[str, Any] = {
+            "id": req["request_id"],
+            "object": "request.trace",
+            "status": req["status"],
+            "model": req["model"],
+            "team": req["team"],
+            "created_at": req["created_at"],
+            "completed_at": completed,
+            "latency_ms": round((completed - req["created_at"]) * 1000, 3) if completed is not None else None,
+            "cost_usd": round(req["cost_usd"], COST_DIGITS),
+            "usage": {
+                "prompt_tokens": req["prompt_tokens"],
+                "completion_tokens": req["completion_tokens"],
+                "total_tokens": req["prompt_tokens"] + req["completion_tokens"],
+                "cached_tokens": req["cached_tokens"],
+                "reasoning_tokens": req["reasoning_tokens"],
+            },
+            "error": None if req["error_code"] is None else {
+                "status": req["error_status"], "type": req["error_type"],
+                "code": req["error_code"], "message": req["error_message"],
+            },
+            "job": req["job"],
+            "trace_id": req["trace_id"],
+            "attempts": [_attempt_view(row) for row in rows],
+        }
+        if req["completion_text"] is not None:
+            body["completion_text"] = req["completion_text"]
+        return body
+
+    async def ledger(self, tenant: str, team: str | None = None, model: str | None = None,
+                     provider: str | None = None, since: float | None = None, until: float | None = None,
+                     limit: int = 100) -> dict:
+        """Billed attempts of ``tenant``, newest first, with totals over everything the filters match.
+
+        ``since`` is inclusive and ``until`` exclusive (epoch seconds); ``limit`` is held to 1..1000.
+        """
+        lg = self.schema.ledger
+        where = [lg.c.tenant == tenant]
+        if team is not None:
+            where.append(lg.c.team == team)
+        if model is not None:
+            where.append(lg.c.model == model)
+        if provider is not None:
+            where.append(lg.c.provider == provider)
+        if since is not None:
+            where.append(lg.c.ts >= since)
+        if until is not None:
+            where.append(lg.c.ts < until)
+        limit = max(1, min(int(limit), MAX_LEDGER_PAGE))
+        sums = (func.count(lg.c.request_id.distinct()), func.sum(lg.c.prompt_tokens),
+                func.sum(lg.c.completion_tokens), func.sum(lg.c.cost_usd))
+
+        async with self.engine.connect() as conn:
+            page = (await conn.execute(
+                select(lg).where(*where)
+                .order_by(lg.c.ts.desc(), lg.c.request_id.desc(), lg.c.attempt.desc())
+                .limit(limit + 1))).mappings().all()
+            totals = (await conn.execute(select(*sums).where(*where))).one()
+            by_model = (await conn.execute(
+                select(lg.c.model, *sums).where(*where).group_by(lg.c.model)
+                .order_by(func.sum(lg.c.cost_usd).desc(), lg.c.model))).all()
+
+        return {
+            "object": "list",
+            "data": [_ledger_view(row) for row in page[:limit]],
+            "totals": _totals(*totals),
+            "by_model": [{"model": m, **_totals(*rest)} for m, *rest in by_model],
+            "has_more": len(page) > limit,
+        }
+
+
+def _row_params(row: Any) -> dict[str, Any]:
+    return {f: getattr(row, f) for f in row.__struct_fields__}
+
+
+def _totals(requests: Any, prompt: Any, completion: Any, cost: Any) -> dict[str, Any]:
+    # PostgreSQL sums integers as NUMERIC (Decimal): normalise to plain numbers.
+    return {"requests": int(requests or 0), "prompt_tokens": int(prompt or 0),
+            "completion_tokens": int(completion or 0), "cost_usd": round(float(cost or 0.0), COST_DIGITS)}
+
+
+def _attempt_view(row: Any) -> dict[str, Any]:
+    return {
+        "attempt": row["attempt"],
+        # The attempt's own record does not know which delivery produced it; interrupted ones do.
+        "delivery": None if row["delivery"] == FINAL_DELIVERY else row["delivery"],
+        "provider": row["provider"],
+        "model": row["model"],
+        "deployment": row["deployment"],
+        "outcome": row["outcome"],
+        "ts": row["ts"],
+        "latency_ms": row["latency_ms"],
+        "prompt_tokens": row["prompt_tokens"],
+        "completion_tokens": row["completion_tokens"],
+        "cost_usd": row["cost_usd"],
+        "error": None if row["error_code"] is None else {"code": row["error_code"], "message": row["error_message"]},
+    }
+
+
+def _ledger_view(row: Any) -> dict[str, Any]:
+    return {
+        "object": "ledger.entry",
+        "request_id": row["request_id"],
+        "attempt": row["attempt"],
+        "team": row["team"],
+        "key_id": row["key_id"],
+        "provider": row["provider"],
+        "model": row["model"],
+        "deployment": row["deployment"],
+        "prompt_tokens": row["prompt_tokens"],
+        "completion_tokens": row["completion_tokens"],
+        "cached_tokens": row["cached_tokens"],
+        "cost_usd": row["cost_usd"],
+        "ts": row["ts"],
+    }
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets traces be read while a batch is written; busy_timeout makes a second writer wait, not fail.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()

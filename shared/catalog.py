@@ -128,6 +128,8 @@ class CatalogDoc(_Spec):
 
     @model_validator(mode="after")
     def _references(self) -> "CatalogDoc":
+        if self.extends_builtin:
+            return self  # references are checked once merged over the built-in catalog
         providers = {p.name for p in self.providers}
         models = {m.name for m in self.models}
         problems = []
@@ -262,14 +264,14 @@ def merge(base: CatalogDoc, over: CatalogDoc) -> CatalogDoc:
     aliases = base.aliases | over.aliases
     try:
         return CatalogDoc(providers=list(providers.values()), models=list(models.values()), aliases=aliases,
-                          version=over.version)
+                          version=over.version, extends_builtin=False)
     except ValidationError as exc:
         raise CatalogError([e["msg"].removeprefix("Value error, ") for e in exc.errors()]) from None
 
 
 def load_catalog(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Catalog:
     """The built-in catalog, merged with the operator's document at ``path`` when given."""
-    doc = parse_catalog(builtin_text(), "builtin catalog.yaml")
+    doc = parse_catalog(builtin_text(), "built-in catalog.yaml")
     if path:
         p = Path(path)
         own = parse_catalog(p.read_text(), str(p))

@@ -150,8 +150,9 @@ class Gateway:
                 term = await asyncio.wait_for(fut, timeout=max(0.001, event.ctx.remaining()))
             except asyncio.TimeoutError:
                 self.metrics.requests.labels("chat.completions", "timeout").inc()
-                raise DeadlineExceeded(f"request {rid} did not finish within {timeout:g}s; it goes on and is "
-                                       f"recorded: see GET /v1/requests/{rid}") from None
+                err = DeadlineExceeded(f"request {rid} did not finish within {timeout:g}s; it goes on and is "
+                                       f"recorded: see GET /v1/requests/{rid}")
+                return error_response(err.info(), {"x-request-id": rid})
         finally:
             self.waiters.discard(rid)
         total = time.perf_counter() - started

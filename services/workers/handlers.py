@@ -55,8 +55,8 @@ async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps
     m.in_flight.labels(target.provider).inc()
     try:
         try:
-            # The adapter enforces the timeout on the wire; this guard also covers adapters that don't.
-            response = await asyncio.wait_for(adapter.complete(event.request, target, timeout), timeout + 1.0)
+            # httpx's timeouts bound each network step; this bounds the whole attempt by the deadline.
+            response = await asyncio.wait_for(adapter.complete(event.request, target, timeout), timeout)
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"{target.provider} did not answer within {timeout:.1f}s") from None
         except SwitchyardError:

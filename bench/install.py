@@ -1,0 +1,174 @@
+"""Installs what the benchmark needs when it is missing: nginx-extras and wrk (apt), LiteLLM (own venv).
+
+Everything is non-interactive and idempotent: a tool already on ``PATH`` (or
+a LiteLLM virtualenv that already imports) is left alone. A failed install is
+reported with its reason and the benchmark goes on with the systems it can
+still measure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+LITELLM_VENV = BENCH_DIR / ".venv-litellm"
+APT_TIMEOUT_S = 900
+PIP_TIMEOUT_S = 1500
+
+
+@dataclass
+class Tools:
+    """Where each external tool is, or why it is not available."""
+
+    nginx: str | None = None
+    wrk: str | None = None
+    litellm: str | None = None  # path of the ``litellm`` console script in its own venv
+    litellm_python: str | None = None
+    problems: dict[str, str] = field(default_factory=dict)
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def _run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> tuple[bool, str]:
+    """Run an install command; (ok, last lines of output)."""
+    log("$ " + " ".join(cmd))
+    try:
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=timeout, env=env, text=True)
+    except subprocess.TimeoutExpired:
+        return False, f"timed out after {timeout:.0f}s"
+    except OSError as exc:
+        return False, str(exc)
+    tail = "\n".join(p.stdout.strip().splitlines()[-8:])
+    return p.returncode == 0, tail
+
+
+def _nginx_binary() -> str | None:
+    for cand in (shutil.which("nginx"), "/usr/sbin/nginx"):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def _nginx_has_echo(nginx: str) -> bool:
+    """nginx-extras loads the echo module dynamically; ``nginx -V`` or the modules dir shows it."""
+    mods = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
+    if mods.exists():
+        return True
+    try:
+        out = subprocess.run([nginx, "-V"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "echo" in (out.stdout + out.stderr)
+
+
+def ensure_apt(tools: Tools) -> None:
+    """nginx (with the echo module, from nginx-extras) and wrk from Debian's packages."""
+    nginx = _nginx_binary()
+    want = []
+    if nginx is None or not _nginx_has_echo(nginx):
+        want.append("nginx-extras")
+    if shutil.which("wrk") is None:
+        want.append("wrk")
+    if want:
+        if shutil.which("apt-get") is None:
+            reason = "apt-get not found (not a Debian system?)"
+            for pkg in want:
+                tools.problems[pkg] = reason
+        else:
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            ok, out = _run(["apt-get", "update"], APT_TIMEOUT_S, env)
+            if not ok:
+                log(f"apt-get update failed (trying the install anyway):\n{out}")
+            # --no-install-recommends keeps it small; policy-rc.d is not needed: we never use the system service.
+            ok, out = _run(["apt-get", "install", "-y", "--no-install-recommends", *want], APT_TIMEOUT_S, env)
+            if not ok:
+                log(f"apt-get install {' '.join(want)} failed:\n{out}")
+                for pkg in want:
+                    tools.problems[pkg] = f"apt-get install failed: {out.splitlines()[-1] if out else '?'}"
+            _stop_system_nginx()
+    nginx = _nginx_binary()
+    if nginx and _nginx_has_echo(nginx):
+        tools.nginx = nginx
+    elif nginx:
+        tools.problems.setdefault("nginx-extras", "nginx is installed but without the echo module")
+    else:
+        tools.problems.setdefault("nginx-extras", "nginx not installed")
+    tools.wrk = shutil.which("wrk")
+    if tools.wrk is None:
+        tools.problems.setdefault("wrk", "wrk not installed")
+
+
+def _stop_system_nginx() -> None:
+    """Installing nginx may start Debian's own service on port 80; the bench does not need it.
+
+    Only the service the package just started is stopped (through the init
+    script / systemctl that owns it), never an nginx this script did not install.
+    """
+    if not Path("/run/nginx.pid").exists():
+        return
+    for cmd in (["systemctl", "stop", "nginx"], ["service", "nginx", "stop"]):
+        if shutil.which(cmd[0]):
+            ok, _ = _run(cmd, 60)
+            if ok:
+                return
+
+
+def _litellm_works(python: Path) -> bool:
+    if not python.exists():
+        return False
+    try:
+        p = subprocess.run([str(python), "-c", "import litellm.proxy.proxy_server"], capture_output=True,
+                           timeout=180, env=dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True"))
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return p.returncode == 0
+
+
+def ensure_litellm(tools: Tools) -> None:
+    """``pip install 'litellm[proxy]'`` into bench/.venv-litellm (created with ``python3 -m venv``)."""
+    python = LITELLM_VENV / "bin" / "python"
+    script = LITELLM_VENV / "bin" / "litellm"
+    if not (script.exists() and _litellm_works(python)):
+        base = shutil.which("python3") or sys.executable
+        if not python.exists():
+            ok, out = _run([base, "-m", "venv", str(LITELLM_VENV)], 300)
+            if not ok:
+                tools.problems["litellm"] = f"python3 -m venv failed: {out}"
+                log(tools.problems["litellm"])
+                return
+        ok, out = _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                        "litellm[proxy]"], PIP_TIMEOUT_S)
+        if not ok:
+            tools.problems["litellm"] = f"pip install 'litellm[proxy]' failed: {out.splitlines()[-1] if out else '?'}"
+            log(f"{tools.problems['litellm']}\n{out}")
+            return
+        if not (script.exists() and _litellm_works(python)):
+            tools.problems["litellm"] = "litellm installed but its proxy does not import"
+            log(tools.problems["litellm"])
+            return
+    tools.litellm = str(script)
+    tools.litellm_python = str(python)
+
+
+def ensure_all(need_litellm: bool = True) -> Tools:
+    """Install what is missing; never raises for a failed install."""
+    tools = Tools()
+    ensure_apt(tools)
+    if need_litellm:
+        ensure_litellm(tools)
+    for what, why in tools.problems.items():
+        log(f"unavailable: {what}: {why}")
+    return tools
+
+
+if __name__ == "__main__":
+    t = ensure_all()
+    print(t)

@@ -61,7 +61,6 @@ from shared.events import (
     AttemptAbandoned,
     AttemptDispatched,
     AttemptFailed,
-    CancelRequested,
     CompletionFailed,
     CompletionRequested,
     CompletionSucceeded,

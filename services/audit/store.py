@@ -220,7 +220,7 @@ class AuditStore:
         t = self.schema.attempts
         stmt = self._insert(t)
         new = stmt.excluded
-        resolves = new.outcome != DISPATCHED
+        resolves = and_(t.c.outcome == DISPATCHED, new.outcome != DISPATCHED)
 
         def on_resolve(name: str):
             return case((resolves, new[name]), else_=t.c[name])

@@ -267,6 +267,17 @@ async def test_first_terminal_stored_wins(store: AuditStore) -> None:
     assert trace["cost_usd"] == pytest.approx(0.001)
 
 
+async def test_first_attempt_outcome_stored_wins(store: AuditStore) -> None:
+    s = Story("r1")
+    await apply(store, [s.dispatched(1, OPENAI, 0.2)])
+    await apply(store, [s.attempt_failed(1, OPENAI, 0.5, error=UpstreamTimeout().info())])
+    await apply(store, [s.attempt_failed(1, OPENAI, 0.7, error=UpstreamRateLimited().info())])
+    await apply(store, [s.dispatched(1, OPENAI, 0.2)])
+    [attempt] = (await store.trace("r1", "acme"))["attempts"]
+    assert (attempt["outcome"], attempt["ts"]) == ("timeout", T0 + 0.2)
+    assert attempt["error"]["code"] == "upstream_timeout"
+
+
 async def test_concurrent_batches_for_one_request(store: AuditStore) -> None:
     s = Story("r1")
     events = retried(s)
@@ -371,6 +382,15 @@ async def test_trace_id_is_kept(store: AuditStore) -> None:
     await apply(store, [s.admitted()], trace_ids={"r1": "4bf92f3577b34da6a3ce929d0e0e4736"})
     await apply(store, [s.dispatched(1, OPENAI, 0.2)], trace_ids={"r1": "ffffffffffffffffffffffffffffffff"})
     assert (await store.trace("r1", "acme"))["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+async def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
+    store = await AuditStore.open(f"sqlite+aiosqlite:///{tmp_path}/wal.db")
+    try:
+        async with store.engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        await store.close()
 
 
 async def test_open_is_repeatable(store: AuditStore, tmp_path) -> None:

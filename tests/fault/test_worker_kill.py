@@ -1,0 +1,126 @@
+"""Fault test: services as separate processes; the worker is SIGKILLed mid-flight and restarted.
+
+Invariants checked (DESIGN §3): every accepted job reaches exactly one
+terminal state, none is lost, no ledger row is duplicated, billing matches
+the completed jobs, and the trace shows the attempt that was retried after the
+worker died (an ``interrupted`` delivery followed by the final outcome).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.natsd import NatsServer, free_port
+from tests.fault.procs import ServiceProcess, wait_http_ready
+
+pytestmark = pytest.mark.fault
+KEY = "sk-fault-admin"
+JOBS = 200
+TERMINAL = {"completed", "failed", "cancelled", "expired"}
+
+
+@dataclass
+class Tally:
+    """What the invariant checker counts."""
+
+    submitted: int
+    terminal: int
+    lost: int
+    duplicated_ledger_rows: int
+    billed: int
+    completed: int
+
+
+async def submit_jobs(http: httpx.AsyncClient, n: int) -> list[str]:
+    async def one(i: int) -> str:
+        r = await http.post("/v1/jobs", json={"model": "fault-1",
+                                              "messages": [{"role": "user", "content": f"job {i}"}]})
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+async def final_states(http: httpx.AsyncClient, ids: list[str], timeout: float) -> dict[str, dict]:
+    states: dict[str, dict] = {}
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(states) < len(ids) and asyncio.get_running_loop().time() < deadline:
+        pending = [i for i in ids if i not in states]
+        bodies = await asyncio.gather(*(http.get(f"/v1/jobs/{i}") for i in pending))
+        for job_id, r in zip(pending, bodies):
+            if r.status_code == 200 and r.json()["status"] in TERMINAL:
+                states[job_id] = r.json()
+        await asyncio.sleep(0.25)
+    return states
+
+
+def tally(ids: list[str], states: dict[str, dict], ledger_rows: list[dict]) -> Tally:
+    per_request = Counter(row["request_id"] for row in ledger_rows if row["request_id"] in set(ids))
+    return Tally(
+        submitted=len(ids),
+        terminal=len(states),
+        lost=len(ids) - len(states),
+        duplicated_ledger_rows=sum(c - 1 for c in per_request.values() if c > 1),
+        billed=len(per_request),
+        completed=sum(1 for s in states.values() if s["status"] == "completed"),
+    )
+
+
+async def test_worker_sigkill_mid_flight_loses_nothing(tmp_path: Path):
+    nats = NatsServer(tmp_path / "nats").start()
+    port = free_port()
+    env = {
+        "SWITCHYARD_NATS__URL": nats.url,
+        "SWITCHYARD_ADMIN_KEY": KEY,
+        "SWITCHYARD_CATALOG_PATH": str(Path(__file__).parent / "catalog.yaml"),
+        "SWITCHYARD_DATA_DIR": str(tmp_path / "data"),
+        "SWITCHYARD_GATEWAY__PORT": str(port),
+        # Short ack wait so the dead worker's attempts are redelivered within seconds.
+        "SWITCHYARD_WORKERS__CONSUMER__ACK_WAIT_S": "2",
+        "SWITCHYARD_LOG_LEVEL": "WARNING",
+    }
+    core = ServiceProcess("gateway,policy,router,audit", env, tmp_path).start()
+    worker = ServiceProcess("worker:mock-fault", env, tmp_path).start()
+    try:
+        wait_http_ready(f"http://127.0.0.1:{port}/readyz")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                                     headers={"authorization": f"Bearer {KEY}"}) as http:
+            ids = await submit_jobs(http, JOBS)
+            # 200 jobs × 400 ms at 20 in flight ≈ 4 s of work: kill the worker while it is busy.
+            await asyncio.sleep(1.5)
+            assert worker.alive()
+            worker.kill()
+            await asyncio.sleep(1.0)
+            worker.start()
+
+            states = await final_states(http, ids, timeout=90)
+            ledger = (await http.get("/v1/ledger", params={"model": "fault-1", "limit": 1000})).json()
+            t = tally(ids, states, ledger["data"])
+            print(f"\nfault tally: {t}")
+            assert t.lost == 0, f"{t.lost} jobs never reached a terminal state"
+            assert t.terminal == t.submitted
+            assert t.completed == JOBS, Counter(s["status"] for s in states.values())
+            assert t.duplicated_ledger_rows == 0
+            assert t.billed == t.completed
+
+            # The trace shows the attempt the dead worker left behind, then its retry.
+            interrupted = []
+            for job_id in ids:
+                trace = (await http.get(f"/v1/requests/{job_id}")).json()
+                outcomes = [a["outcome"] for a in trace["attempts"]]
+                assert outcomes[-1] == "success", trace
+                if "interrupted" in outcomes:
+                    interrupted.append(outcomes)
+            assert interrupted, "no trace shows an interrupted attempt: the worker was not killed mid-flight"
+            assert all(o.index("interrupted") < o.index("success") for o in interrupted)
+            print(f"traces with an interrupted delivery: {len(interrupted)}")
+    finally:
+        worker.stop()
+        core.stop()
+        nats.stop()

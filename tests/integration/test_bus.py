@@ -1,0 +1,105 @@
+"""The bus against a real nats-server: de-duplication, and handler outcomes mapped to ack / nak / term / poison."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared.bus import Bus, Bucket, Subscription
+from shared.errors import InvalidRequest, UpstreamUnavailable
+from shared.events import CompletionFailed, CompletionRequested, decoder
+from shared.jobs import advance_job, get_job
+from shared.events import JobRecord
+from shared.lifecycle import poison
+from shared.natsd import NatsServer
+from shared.settings import ConsumerSettings, NatsSettings, TelemetrySettings
+from shared.telemetry import Telemetry
+from tests.unit.helpers import requested
+
+
+@pytest.fixture(scope="module")
+async def bus(tmp_path_factory):
+    server = NatsServer(tmp_path_factory.mktemp("busnats")).start()
+    b = Bus(NatsSettings(url=server.url), Telemetry(TelemetrySettings()))
+    await b.connect()
+    await b.ensure_stream()
+    yield b
+    await b.close()
+    server.stop()
+
+
+async def collect(bus: Bus, subject: str, n: int, timeout: float = 5.0) -> list:
+    got: list = []
+    done = asyncio.Event()
+
+    async def cb(msg):
+        got.append(decoder.decode(msg.data))
+        if len(got) >= n:
+            done.set()
+
+    sub = await bus.nc.subscribe(subject, cb=cb)
+    return got, done, sub
+
+
+async def test_publish_is_deduplicated_by_event_id(bus):
+    e = requested(rid="req_dedupe")
+    first = await bus.publish(e)
+    second = await bus.publish(e)
+    assert not first.duplicate and second.duplicate
+    assert second.seq == first.seq
+
+
+async def test_handler_outcomes(bus):
+    calls: dict[str, int] = {}
+    sub = Subscription("t-outcomes", ("sy.evt.requested",),
+                       ConsumerSettings(ack_wait_s=5, max_deliver=3, concurrency=8, batch=8))
+    got, done, core = await collect(bus, "sy.evt.done.gw-outcomes", 2)
+
+    async def handler(event: CompletionRequested, delivery):
+        calls[event.request_id] = calls.get(event.request_id, 0) + 1
+        kind = event.request.model
+        if kind == "flaky-once" and delivery.num_delivered == 1:
+            raise UpstreamUnavailable("first delivery fails")
+        if kind == "bad":
+            raise InvalidRequest("never retried")
+        if kind == "poison":
+            raise RuntimeError("always fails")
+        return []
+
+    task = bus.start(bus.consume("test", sub, handler, on_poison=poison))
+    from tests.unit.helpers import chat
+    for rid, model in [("req_ok", "fine"), ("req_flaky", "flaky-once"), ("req_bad", "bad"), ("req_poison", "poison")]:
+        await bus.publish(requested(chat(model), rid=rid, origin="gw-outcomes"))
+    await asyncio.wait_for(done.wait(), 15)
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await core.unsubscribe()
+    assert calls["req_ok"] == 1
+    assert calls["req_flaky"] == 2          # nak → redelivered once
+    assert calls["req_poison"] == 3         # every delivery up to max_deliver
+    terminals = {e.request_id: e for e in got}
+    # Non-retryable and poisoned messages both end their request with a terminal failure.
+    assert set(terminals) == {"req_bad", "req_poison"}
+    assert all(isinstance(e, CompletionFailed) for e in terminals.values())
+    assert terminals["req_bad"].error.status == 400
+    assert terminals["req_poison"].error.status == 500
+    info = await bus.js.consumer_info(bus.settings.stream, "t-outcomes")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_job_records_only_move_forward(bus):
+    kv = await bus.kv(Bucket("t_jobs"))
+    base = JobRecord(id="job_1", tenant="t", team="a", model="m", status="queued", created_at=1.0)
+    import msgspec
+
+    await advance_job(kv, "job_1", lambda cur: base if cur is None else None)
+    done = msgspec.structs.replace(base, status="completed", completed_at=2.0)
+    # Two writers race: one completes, one tries to mark in_progress. Order must not matter.
+    await asyncio.gather(
+        advance_job(kv, "job_1", lambda cur: done),
+        advance_job(kv, "job_1", lambda cur: msgspec.structs.replace(base, status="in_progress")),
+    )
+    assert (await get_job(kv, "job_1")).status == "completed"
+    await advance_job(kv, "job_1", lambda cur: msgspec.structs.replace(base, status="cancelled"))
+    assert (await get_job(kv, "job_1")).status == "completed"

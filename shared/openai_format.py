@@ -4,31 +4,58 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
+from shared.canonical import Message
 from shared.events import CompletionSucceeded
 
 
 def render_completion(event: CompletionSucceeded) -> dict[str, Any]:
-    """OpenAI's ``chat.completion`` object, plus Switchyard's ``switchyard`` extension object."""
-    r = event.response
-    return {
-        "id": "chatcmpl-" + event.request_id.split("_", 1)[-1],
+    """The OpenAI ``chat.completion`` object for a successful request, with a ``switchyard`` extension."""
+    response = event.response
+    body = {
+        "id": f"chatcmpl-{event.request_id}",
         "object": "chat.completion",
-        "created": int(event.ctx.received_at),
-        "model": r.model or event.target.model,
-        "choices": [msgspec.to_builtins(c) for c in r.choices],
-        "usage": r.usage.openai(),
-        "system_fingerprint": r.system_fingerprint,
-        "switchyard": {
-            "request_id": event.request_id,
-            "provider": event.target.provider,
-            "deployment": event.target.deployment,
-            "model": event.target.model,
-            "attempts": event.attempt,
-            "cost_usd": event.cost_usd,
-        },
+        "created": int(event.ts),
+        "model": event.target.model,
+        "choices": [
+            {"index": c.index, "message": render_message(c.message), "logprobs": None,
+             "finish_reason": c.finish_reason}
+            for c in response.choices
+        ],
+        "usage": response.usage.openai(),
     }
+    if response.system_fingerprint is not None:
+        body["system_fingerprint"] = response.system_fingerprint
+    body["switchyard"] = {
+        "request_id": event.request_id,
+        "provider": event.target.provider,
+        "deployment": event.target.deployment,
+        "model": event.target.model,
+        "attempts": event.attempt,
+        "cost_usd": event.cost_usd,
+    }
+    return body
+
+
+def render_message(message: Message) -> dict[str, Any]:
+    """One assistant message as OpenAI renders it (content always present, null when absent)."""
+    out: dict = {"role": message.role, "content": message_text(message)}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": tc.id, "type": tc.type or "function",
+             "function": {"name": tc.function.name if tc.function else None,
+                          "arguments": tc.function.arguments if tc.function else None}}
+            for tc in message.tool_calls
+        ]
+    if message.refusal is not None:
+        out["refusal"] = message.refusal
+    return out
+
+
+def message_text(message: Message) -> str | None:
+    """The text of a message, multi-part content joined."""
+    if message.content is None or isinstance(message.content, str):
+        return message.content
+    return "".join(p.text for p in message.content if p.text)
 
 
 def model_list(names: list[str], owner_of: dict[str, str]) -> dict[str, Any]:

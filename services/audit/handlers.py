@@ -53,6 +53,7 @@ from typing import Iterable, Mapping
 import msgspec
 from msgspec import Struct
 
+from shared.openai_format import message_text, render_completion
 from shared.canonical import Message, Usage
 from shared.errors import ErrorInfo
 from shared.events import (
@@ -371,58 +372,11 @@ def _error_of(event: Terminal) -> ErrorInfo | None:
 
 # ---- rendering ---------------------------------------------------------------------------
 
-def render_completion(event: CompletionSucceeded) -> dict:
-    """The OpenAI ``chat.completion`` object for a successful request, with a ``switchyard`` extension."""
-    response = event.response
-    body = {
-        "id": f"chatcmpl-{event.request_id}",
-        "object": "chat.completion",
-        "created": int(event.ts),
-        "model": event.target.model,
-        "choices": [
-            {"index": c.index, "message": _render_message(c.message), "logprobs": None,
-             "finish_reason": c.finish_reason}
-            for c in response.choices
-        ],
-        "usage": response.usage.openai(),
-    }
-    if response.system_fingerprint is not None:
-        body["system_fingerprint"] = response.system_fingerprint
-    body["switchyard"] = {
-        "request_id": event.request_id,
-        "provider": event.target.provider,
-        "deployment": event.target.deployment,
-        "attempts": event.attempt,
-        "cost_usd": event.cost_usd,
-    }
-    return body
-
-
-def _render_message(message: Message) -> dict:
-    out: dict = {"role": message.role, "content": _text(message)}
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {"id": tc.id, "type": tc.type or "function",
-             "function": {"name": tc.function.name if tc.function else None,
-                          "arguments": tc.function.arguments if tc.function else None}}
-            for tc in message.tool_calls
-        ]
-    if message.refusal is not None:
-        out["refusal"] = message.refusal
-    return out
-
-
-def _text(message: Message) -> str | None:
-    if message.content is None or isinstance(message.content, str):
-        return message.content
-    return "".join(p.text for p in message.content if p.text)
-
-
 def completion_text(event: CompletionSucceeded) -> str | None:
     """The answer's text (first choice), for operators who turned ``store_text`` on."""
     if not event.response.choices:
         return None
-    return _text(event.response.choices[0].message)
+    return message_text(event.response.choices[0].message)
 
 
 # ---- trace context -----------------------------------------------------------------------

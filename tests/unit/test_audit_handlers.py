@@ -251,7 +251,7 @@ def test_render_completion_is_openai_chat_completion() -> None:
                   "prompt_tokens_details": {"cached_tokens": 40},
                   "completion_tokens_details": {"reasoning_tokens": 5}},
         "switchyard": {"request_id": "r1", "provider": "azure", "deployment": "azure-gpt4o-mini",
-                       "attempts": 2, "cost_usd": 0.0015},
+                       "model": "gpt-4o-mini", "attempts": 2, "cost_usd": 0.0015},
     }
 
 

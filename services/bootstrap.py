@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from services.settings import Settings
@@ -76,9 +78,28 @@ def build_keyring(settings: Settings) -> tuple[KeyRing, str | None]:
     if settings.admin_key is not None:
         admin = settings.admin_key.get_secret_value()
     else:
-        admin = generated = generate_key()
+        admin, generated = _local_admin_key(Path(settings.data_dir))
     entries.append(KeyEntry(key=admin, tenant="default", team="default", role="admin"))
     return KeyRing(settings.key_secret.get_secret_value().encode(), entries), generated
+
+
+def _local_admin_key(data_dir: Path) -> tuple[str, str | None]:
+    """The generated admin key, kept (mode 600) in the data dir so every process on this machine agrees.
+
+    Returns the key, and the key again when it was created just now (to be printed once).
+    """
+    path = data_dir / "admin.key"
+    if path.exists():
+        return path.read_text().strip(), None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = generate_key()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process of this machine won the race
+        return path.read_text().strip(), None
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key, key
 
 
 async def build(settings: Settings, targets: list[str]) -> Deps:
@@ -90,7 +111,8 @@ async def build(settings: Settings, targets: list[str]) -> Deps:
     keyring, generated = build_keyring(settings)
     if generated and any(t.startswith("gateway") for t in targets):
         # Printed once so a developer can call the API; set SWITCHYARD_ADMIN_KEY to choose it.
-        print(f"switchyard: generated admin key (set SWITCHYARD_ADMIN_KEY to fix one): {generated}", flush=True)
+        print(f"switchyard: generated admin key (kept in {settings.data_dir}/admin.key; set SWITCHYARD_ADMIN_KEY "
+              f"to choose one): {generated}", flush=True)
     return Deps(settings=settings, telemetry=telemetry, bus=bus, catalog=catalog, keyring=keyring, targets=targets)
 
 

@@ -219,21 +219,11 @@ class Bus:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _pull(self, sub: Subscription):
+    async def _pull(self, sub: Subscription, max_outstanding: int) -> "PullLoop":
         await self.ensure_consumer(sub)
-        return await self.js.pull_subscribe_bind(sub.durable, stream=self.settings.stream)
-
-    async def _fetch(self, psub, n: int) -> list[Msg]:
-        try:
-            return await psub.fetch(batch=n, timeout=5.0)
-        except (NatsTimeoutError, asyncio.TimeoutError):
-            return []
-        except Exception as exc:  # noqa: BLE001 - reconnecting, consumer re-created, ...
-            if self._stopping.is_set():
-                return []
-            log.warning("fetch failed (%s); retrying", exc)
-            await asyncio.sleep(0.5)
-            return []
+        loop = PullLoop(self, sub, max_outstanding)
+        await loop.start()
+        return loop
 
     def _decode(self, msg: Msg) -> AnyEvent | None:
         try:
@@ -245,18 +235,20 @@ class Bus:
     async def consume(self, service: str, sub: Subscription, handler: Handler,
                       on_poison: PoisonHandler | None = None) -> None:
         """Run ``handler`` on every message of ``sub``, up to ``concurrency`` at once, until closed."""
-        psub = await self._pull(sub)
         cs = sub.settings
+        pull = await self._pull(sub, cs.concurrency)
         running: set[asyncio.Task] = set()
-        while not self._stopping.is_set():
-            free = cs.concurrency - len(running)
-            if free <= 0:
-                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            for msg in await self._fetch(psub, min(cs.batch, free)):
+        try:
+            while not self._stopping.is_set():
+                msg = await pull.next()
+                if msg is None:
+                    continue
                 t = asyncio.ensure_future(self._handle_one(service, sub, msg, handler, on_poison))
                 running.add(t)
                 t.add_done_callback(running.discard)
+                t.add_done_callback(pull.done)
+        finally:
+            await pull.stop()
 
     async def _handle_one(self, service: str, sub: Subscription, msg: Msg, handler: Handler,
                           on_poison: PoisonHandler | None) -> None:
@@ -308,40 +300,175 @@ class Bus:
         return "term"
 
     async def consume_batches(self, service: str, sub: Subscription, handler: BatchHandler) -> None:
-        """Hand whole fetched batches to ``handler`` (for stores that write in bulk); ack them together."""
-        psub = await self._pull(sub)
-        while not self._stopping.is_set():
-            msgs = await self._fetch(psub, sub.settings.batch)
-            if not msgs:
-                continue
-            items = []
-            for msg in msgs:
-                event = self._decode(msg)
-                if event is None:
-                    await _quiet(msg.term())
+        """Hand batches to ``handler`` (for stores that write in bulk) and ack them together.
+
+        A batch closes when it is full or ``linger_s`` after its first message, so an idle-ish stream
+        costs one transaction per linger period rather than one per event.
+        """
+        cs = sub.settings
+        pull = await self._pull(sub, cs.batch * 2)
+        try:
+            while not self._stopping.is_set():
+                first = await pull.next()
+                if first is None:
                     continue
-                meta = msg.metadata
-                items.append((event, Delivery(num_delivered=meta.num_delivered, headers=dict(msg.headers or {}),
-                                              stream_seq=meta.sequence.stream, msg=msg)))
-            if not items:
+                msgs = [first]
+                close_at = asyncio.get_running_loop().time() + cs.linger_s
+                while len(msgs) < cs.batch:
+                    wait = close_at - asyncio.get_running_loop().time()
+                    msg = pull.next_nowait() if wait <= 0 else await pull.next(wait)
+                    if msg is None:
+                        if wait <= 0:
+                            break
+                        continue
+                    msgs.append(msg)
+                await self._handle_batch(service, msgs, handler)
+                for _ in msgs:
+                    pull.done()
+        finally:
+            await pull.stop()
+
+    async def _handle_batch(self, service: str, msgs: list[Msg], handler: BatchHandler) -> None:
+        items = []
+        for msg in msgs:
+            event = self._decode(msg)
+            if event is None:
+                await _quiet(msg.term())
                 continue
-            started = time.perf_counter()
-            try:
-                out = await handler(items)
-                await self.publish_all(out)
-            except Exception as exc:  # noqa: BLE001 - the batch is redelivered
-                log.warning("%s: batch of %d failed, will retry: %r", service, len(items), exc)
-                await asyncio.gather(*(_quiet(d.msg.nak(delay=backoff(d.num_delivered))) for _, d in items))
-                self.telemetry.metrics.events.labels(service, "batch", "nak").inc(len(items))
-                continue
-            await asyncio.gather(*(_quiet(d.msg.ack()) for _, d in items))
-            self.telemetry.metrics.events.labels(service, "batch", "ack").inc(len(items))
-            self.telemetry.metrics.handler_duration.labels(service, "batch").observe(time.perf_counter() - started)
+            meta = msg.metadata
+            items.append((event, Delivery(num_delivered=meta.num_delivered, headers=dict(msg.headers or {}),
+                                          stream_seq=meta.sequence.stream, msg=msg)))
+        if not items:
+            return
+        started = time.perf_counter()
+        metrics = self.telemetry.metrics
+        try:
+            out = await handler(items)
+            await self.publish_all(out)
+        except Exception as exc:  # noqa: BLE001 - the batch is redelivered
+            log.warning("%s: batch of %d failed, will retry: %r", service, len(items), exc)
+            await asyncio.gather(*(_quiet(d.msg.nak(delay=backoff(d.num_delivered))) for _, d in items))
+            metrics.events.labels(service, "batch", "nak").inc(len(items))
+            return
+        await asyncio.gather(*(_quiet(d.msg.ack()) for _, d in items))
+        metrics.events.labels(service, "batch", "ack").inc(len(items))
+        metrics.handler_duration.labels(service, "batch").observe(time.perf_counter() - started)
 
     async def pending(self, durable: str) -> int:
         """Messages the consumer has not yet delivered (its lag)."""
         info = await self.js.consumer_info(self.settings.stream, durable)
         return info.num_pending or 0
+
+
+class PullLoop:
+    """A durable consumer read with one long-lived pull request topped up as messages arrive.
+
+    Instead of a request/response ``fetch`` per batch, a pull for up to ``max_outstanding`` messages
+    stays open on the server (``expires`` long, with idle heartbeats); whenever the messages still
+    owed plus those being handled drop to half the window, another pull asks for the difference.
+    Status messages keep the count honest: 408 (pull expired) and 409 (pull cancelled) return the
+    messages they say were not delivered; a missed heartbeat or a reconnect starts over.
+    """
+
+    EXPIRES_S = 30.0
+    HEARTBEAT_S = 5.0
+
+    def __init__(self, bus: "Bus", sub: Subscription, max_outstanding: int) -> None:
+        self.bus = bus
+        self.sub = sub
+        self.window = max(1, max_outstanding)
+        self.owed = 0  # messages requested and not yet delivered or released by a status
+        self.busy = 0  # messages delivered and not yet finished
+        self.queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self.last_seen = 0.0
+        self._inbox = ""
+        self._nsub = None
+        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{bus.settings.stream}.{sub.durable}"
+        self._watch: asyncio.Task | None = None
+        self._reconnects = 0
+
+    async def start(self) -> None:
+        nc = self.bus.nc
+        self._inbox = nc.new_inbox()
+        self._nsub = await nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1,
+                                        pending_bytes_limit=-1)
+        self._watch = asyncio.ensure_future(self._watchdog())
+        await self._refill()
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._nsub is not None:
+            try:
+                await self._nsub.unsubscribe()
+            except Exception:  # noqa: BLE001 - connection already gone
+                pass
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self.last_seen = time.monotonic()
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is None:
+            self.owed = max(0, self.owed - 1)
+            self.busy += 1
+            self.queue.put_nowait(msg)
+            return
+        if status == "100":  # idle heartbeat: the pull is alive
+            return
+        pending = msg.headers.get("Nats-Pending-Messages")
+        if pending is not None and pending.isdigit():
+            self.owed = max(0, self.owed - int(pending))
+        else:
+            self.owed = 0
+        if status not in ("408", "404"):
+            log.info("pull %s: status %s %s", self.sub.durable, status, msg.headers.get("Description", ""))
+        await self._refill()
+
+    async def _refill(self) -> None:
+        want = self.window - self.owed - self.busy
+        if want <= 0 or (self.owed + self.busy > self.window // 2 and self.owed > 0):
+            return
+        req = {"batch": want, "expires": int(self.EXPIRES_S * 1e9), "idle_heartbeat": int(self.HEARTBEAT_S * 1e9)}
+        self.owed += want
+        try:
+            await self.bus.nc.publish(self._api, msgspec.json.encode(req), reply=self._inbox)
+        except Exception as exc:  # noqa: BLE001 - the watchdog asks again
+            self.owed -= want
+            log.debug("pull request failed: %r", exc)
+
+    async def _watchdog(self) -> None:
+        """Start over when the server stops answering (a lost pull, a reconnect, a restarted consumer)."""
+        while True:
+            await asyncio.sleep(self.HEARTBEAT_S)
+            stale = time.monotonic() - self.last_seen > 2 * self.HEARTBEAT_S + 1
+            reconnected = self.bus.nc.stats.get("reconnects", 0) != self._reconnects
+            if (stale and self.owed) or reconnected:
+                self._reconnects = self.bus.nc.stats.get("reconnects", 0)
+                self.owed = 0
+                if reconnected:
+                    try:
+                        await self.bus.ensure_consumer(self.sub)
+                    except Exception as exc:  # noqa: BLE001 - try again next round
+                        log.warning("consumer %s not recreated yet: %r", self.sub.durable, exc)
+                        continue
+            await self._refill()
+
+    async def next(self, timeout: float = 1.0) -> Msg | None:
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    def next_nowait(self) -> Msg | None:
+        try:
+            return self.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    def done(self, _: object = None) -> None:
+        """One delivered message is finished: make room for more."""
+        self.busy -= 1
+        if self.owed + self.busy <= self.window // 2:
+            asyncio.ensure_future(self._refill())
 
 
 class _Keepalive:

@@ -29,6 +29,7 @@ class ConsumerSettings(BaseModel):
     batch: int = Field(64, ge=1, description="messages fetched per pull")
     ack_wait_s: float = Field(30.0, gt=0, description="redelivery after this long without ack/progress")
     max_deliver: int = Field(10, ge=2, description="deliveries before a message is given up as poison")
+    linger_s: float = Field(0.0, ge=0, description="batch consumers: wait this long to fill a batch")
 
 
 class TelemetrySettings(BaseModel):

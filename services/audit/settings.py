@@ -8,7 +8,7 @@ from shared.settings import ConsumerSettings
 class AuditSettings(BaseModel):
     """Where traces and the cost ledger are kept."""
 
-    consumer: ConsumerSettings = Field(default_factory=lambda: ConsumerSettings(batch=256, concurrency=1))
+    consumer: ConsumerSettings = Field(default_factory=lambda: ConsumerSettings(batch=512, concurrency=1, linger_s=0.05))
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite+aiosqlite:///<data_dir>/audit.db. "
                           "PostgreSQL: postgresql+asyncpg://user@host/db")

@@ -17,7 +17,9 @@ Subjects (all captured by one stream, ``sy.evt.>``):
     sy.evt.done.<origin>        terminal events            → gateway <origin>, audit
 
 Streaming chunks are not events: they go over core NATS on
-``sy.chunk.<request_id>`` and are never stored.
+``sy.chunk.<request_id>`` and are never stored; a client that disconnects is
+signalled back on ``sy.cancel.<request_id>``. The terminal event still goes
+through the stream, with the number of chunks the gateway should have seen.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import ClassVar, Literal, Union
 import msgspec
 from msgspec import Struct
 
-from shared.canonical import ChatRequest, ChatResponse, Usage
+from shared.canonical import ChatRequest, ChatResponse, StreamChunk, Usage
 from shared.errors import ErrorInfo
 
 SCHEMA_VERSION = 1
@@ -39,6 +41,11 @@ JOB_ORIGIN = "jobs"
 def chunk_subject(request_id: str) -> str:
     """Core-NATS subject carrying a streaming request's chunks (ephemeral, not in the stream)."""
     return f"sy.chunk.{request_id}"
+
+
+def cancel_subject(request_id: str) -> str:
+    """Core-NATS subject on which a gateway tells the streaming worker its client went away."""
+    return f"sy.cancel.{request_id}"
 
 
 def done_subject(origin: str) -> str:
@@ -184,6 +191,7 @@ class CompletionSucceeded(Terminal, frozen=True, kw_only=True, tag=True):
     latency_ms: float  # time spent waiting on the provider
     ttft_ms: float | None = None
     history: list[AttemptSummary] = msgspec.field(default_factory=list)
+    chunks: int = 0  # streamed requests: chunk messages sent before this event
 
 
 class CompletionFailed(Terminal, frozen=True, kw_only=True, tag=True):
@@ -210,6 +218,20 @@ class CompletionExpired(CompletionFailed, frozen=True, kw_only=True, tag=True):
     """The request's deadline passed before it finished."""
 
     status: ClassVar[str] = "expired"
+
+
+class ChunkMessage(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One streamed increment on ``sy.chunk.<request_id>`` (ephemeral; not an event)."""
+
+    attempt: int
+    delivery: int
+    seq: int
+    chunk: StreamChunk
+    model: str = ""  # the catalog model serving the attempt
+
+
+chunk_encoder = msgspec.json.Encoder()
+chunk_decoder = msgspec.json.Decoder(ChunkMessage)
 
 
 AnyEvent = Union[

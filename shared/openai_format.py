@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.canonical import Message
+import msgspec
+
+from shared.canonical import Message, StreamChunk
 from shared.events import CompletionSucceeded
 
 
@@ -12,7 +14,7 @@ def render_completion(event: CompletionSucceeded) -> dict[str, Any]:
     """The OpenAI ``chat.completion`` object for a successful request, with a ``switchyard`` extension."""
     response = event.response
     body = {
-        "id": f"chatcmpl-{event.request_id}",
+        "id": completion_id(event.request_id),
         "object": "chat.completion",
         "created": int(event.ts),
         "model": event.target.model,
@@ -25,14 +27,7 @@ def render_completion(event: CompletionSucceeded) -> dict[str, Any]:
     }
     if response.system_fingerprint is not None:
         body["system_fingerprint"] = response.system_fingerprint
-    body["switchyard"] = {
-        "request_id": event.request_id,
-        "provider": event.target.provider,
-        "deployment": event.target.deployment,
-        "model": event.target.model,
-        "attempts": event.attempt,
-        "cost_usd": event.cost_usd,
-    }
+    body["switchyard"] = switchyard_object(event)
     return body
 
 
@@ -56,6 +51,47 @@ def message_text(message: Message) -> str | None:
     if message.content is None or isinstance(message.content, str):
         return message.content
     return "".join(p.text for p in message.content if p.text)
+
+
+def completion_id(request_id: str) -> str:
+    return f"chatcmpl-{request_id}"
+
+
+def render_chunk(request_id: str, created: int, model: str, chunk: StreamChunk) -> dict[str, Any]:
+    """OpenAI's ``chat.completion.chunk`` for one canonical increment."""
+    return {
+        "id": completion_id(request_id),
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": c.index, "delta": msgspec.to_builtins(c.delta), "logprobs": None,
+                     "finish_reason": c.finish_reason} for c in chunk.choices],
+    }
+
+
+def render_usage_chunk(event: CompletionSucceeded, created: int) -> dict[str, Any]:
+    """The final chunk of ``stream_options.include_usage``: no choices, the usage (and Switchyard's object)."""
+    return {
+        "id": completion_id(event.request_id),
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": event.target.model,
+        "choices": [],
+        "usage": event.response.usage.openai(),
+        "switchyard": switchyard_object(event),
+    }
+
+
+def switchyard_object(event: CompletionSucceeded) -> dict[str, Any]:
+    """Switchyard's extension object: where the request ran and what it cost."""
+    return {
+        "request_id": event.request_id,
+        "provider": event.target.provider,
+        "deployment": event.target.deployment,
+        "model": event.target.model,
+        "attempts": event.attempt,
+        "cost_usd": event.cost_usd,
+    }
 
 
 def model_list(names: list[str], owner_of: dict[str, str]) -> dict[str, Any]:

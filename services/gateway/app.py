@@ -15,13 +15,13 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, AsyncIterator
 
 import msgspec
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -42,6 +42,11 @@ from shared.errors import (
 )
 from shared.events import (
     JOB_ORIGIN,
+    ChunkMessage,
+    CompletionRequested,
+    cancel_subject,
+    chunk_decoder,
+    chunk_subject,
     TERMINAL_JOB_STATUSES,
     CompletionCancelled,
     CompletionSucceeded,
@@ -53,7 +58,7 @@ from shared.events import (
     terminal_id,
 )
 from shared.jobs import JOBS, advance_job, get_job
-from shared.openai_format import model_list, render_completion
+from shared.openai_format import model_list, render_chunk, render_completion, render_usage_chunk
 
 log = logging.getLogger("switchyard.gateway")
 RPC_TRACE = "sy.rpc.audit.trace"
@@ -82,6 +87,45 @@ class Waiters:
 
     def __len__(self) -> int:
         return len(self._futures)
+
+
+class Timeout:
+    """Marker: the request's deadline passed while waiting for its stream."""
+
+
+class ChunkInbox:
+    """Chunks of one streamed request and its terminal event, in arrival order."""
+
+    def __init__(self, terminal: asyncio.Future) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+        terminal.add_done_callback(lambda f: self.queue.put_nowait(f.result()))
+
+    async def on_chunk(self, msg) -> None:
+        self.queue.put_nowait(chunk_decoder.decode(msg.data))
+
+    async def next(self, timeout: float) -> object:
+        try:
+            return await asyncio.wait_for(self.queue.get(), max(0.001, timeout))
+        except asyncio.TimeoutError:
+            return Timeout()
+
+    async def drain(self, expected: int, grace_s: float = 1.0) -> list[ChunkMessage]:
+        """Chunks that may still be in flight behind the terminal event (NATS keeps order, a cluster may not)."""
+        out: list[ChunkMessage] = []
+        while len(out) < expected:
+            item = await self.next(grace_s if not out else 0.2)
+            if not isinstance(item, ChunkMessage):
+                break
+            out.append(item)
+        return out
+
+
+def _sse_data(body: dict) -> bytes:
+    return b"data: " + msgspec.json.encode(body) + b"\n\n"
+
+
+def _sse_error(info: ErrorInfo) -> bytes:
+    return _sse_data(info.body())
 
 
 def error_response(info: ErrorInfo, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -137,12 +181,12 @@ class Gateway:
         started = time.perf_counter()
         principal = self.principal(request)
         chat = h.parse_chat_request(await request.body(), self.settings.max_body_bytes)
-        if chat.stream:
-            raise InvalidRequest("streaming is not enabled on this gateway yet; send stream=false", param="stream")
         timeout = h.timeout_for(request.headers.get("x-switchyard-timeout"), self.settings.default_timeout_s,
                                 self.settings.max_timeout_s)
         rid = h.new_request_id()
         event = h.completion_requested(chat, principal, request_id=rid, origin=self.id, timeout_s=timeout, job=False)
+        if chat.stream:
+            return await self._stream(event, started)
         fut = self.waiters.add(rid)
         try:
             await self.deps.bus.publish(event)
@@ -165,6 +209,89 @@ class Gateway:
             headers["x-switchyard-provider"] = term.target.provider
             return _json(render_completion(term), headers=headers)
         return error_response(h.terminal_error(term), headers)
+
+    async def _stream(self, event: CompletionRequested, started: float) -> Response:
+        """Relay a streamed request as OpenAI SSE.
+
+        Headers wait for the first chunk: a request that fails before any output (denied, every
+        candidate down) still gets its proper status. After that, a failure ends the stream with an
+        error event, never with ``[DONE]``.
+        """
+        rid = event.request_id
+        inbox = ChunkInbox(self.waiters.add(rid))
+        sub = await self.deps.bus.nc.subscribe(chunk_subject(rid), cb=inbox.on_chunk)
+
+        async def close(cancel_upstream: bool) -> None:
+            self.waiters.discard(rid)
+            if cancel_upstream:
+                await self.deps.bus.nc.publish(cancel_subject(rid), b"")
+            await sub.unsubscribe()
+
+        try:
+            await self.deps.bus.publish(event)
+            first = await inbox.next(event.ctx.remaining())
+        except BaseException:
+            await close(cancel_upstream=True)
+            raise
+        if first is None or isinstance(first, Timeout):
+            await close(cancel_upstream=True)
+            self.metrics.requests.labels("chat.completions", "timeout").inc()
+            return error_response(DeadlineExceeded(f"request {rid} produced no output before its deadline").info(),
+                                  {"x-request-id": rid})
+        if not isinstance(first, ChunkMessage):
+            await close(cancel_upstream=False)
+            self.metrics.requests.labels("chat.completions", first.status).inc()
+            if isinstance(first, CompletionSucceeded):  # an answer with no chunks at all: send it whole
+                return _json(render_completion(first), headers={"x-request-id": rid})
+            return error_response(h.terminal_error(first), {"x-request-id": rid})
+        self.metrics.ttft.labels("gateway").observe(time.perf_counter() - started)
+        include_usage = bool((event.request.stream_options or {}).get("include_usage"))
+        body = self._sse(event, first, inbox, include_usage, started, close)
+        return StreamingResponse(body, media_type="text/event-stream",
+                                 headers={"x-request-id": rid, "cache-control": "no-cache"})
+
+    async def _sse(self, event: CompletionRequested, first: ChunkMessage, inbox: "ChunkInbox", include_usage: bool,
+                   started: float, close) -> AsyncIterator[bytes]:
+        rid, created = event.request_id, int(event.ctx.received_at)
+        lock, seen, finished = (first.attempt, first.delivery), 0, False
+        outcome = "failed"
+        try:
+            item: object = first
+            while True:
+                if isinstance(item, ChunkMessage):
+                    if (item.attempt, item.delivery) != lock:
+                        # A redelivered attempt restarted its stream; the client already has part of the first.
+                        yield _sse_error(ErrorInfo(status=502, type="upstream_error", code="stream_restarted",
+                                                   message="the stream was interrupted and cannot be resumed"))
+                        return
+                    seen += 1
+                    if item.chunk.choices:
+                        yield _sse_data(render_chunk(rid, created, item.model, item.chunk))
+                elif isinstance(item, Timeout) or item is None:
+                    yield _sse_error(DeadlineExceeded(f"request {rid} passed its deadline mid-stream").info())
+                    outcome = "timeout"
+                    return
+                else:  # the terminal event: flush any chunk still in flight, then end
+                    term = item
+                    if isinstance(term, CompletionSucceeded):
+                        for late in await inbox.drain(term.chunks - seen):
+                            if late.chunk.choices and (late.attempt, late.delivery) == lock:
+                                yield _sse_data(render_chunk(rid, created, late.model, late.chunk))
+                        if include_usage:
+                            yield _sse_data(render_usage_chunk(term, created))
+                        yield b"data: [DONE]\n\n"
+                        total = time.perf_counter() - started
+                        self.metrics.request_duration.labels("chat.completions").observe(total)
+                        self.metrics.overhead.labels("chat.completions").observe(h.overhead_s(term, total))
+                    else:
+                        yield _sse_error(h.terminal_error(term))
+                    outcome, finished = term.status, True
+                    return
+                item = await inbox.next(event.ctx.remaining())
+        finally:
+            self.metrics.requests.labels("chat.completions", outcome if finished else "disconnected").inc()
+            # Not finished means the client left (or the stream broke): stop the upstream call.
+            await close(cancel_upstream=not finished)
 
     # ---- jobs -----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from shared.events import (
     AttemptDispatched,
     AttemptFailed,
     AttemptSummary,
+    CompletionCancelled,
     CompletionFailed,
     Event,
     RequestAdmitted,
@@ -73,6 +74,9 @@ def route(event: RequestAdmitted, deps: RouterDeps, now: float | None = None) ->
     return [dispatch(event.request_id, event, plan, 1, [], deps, now)]
 
 
+NO_FALLBACK = frozenset({"bad_request", "stream_broken"})
+
+
 def summarize(event: AttemptFailed) -> AttemptSummary:
     d = event.dispatch
     return AttemptSummary(attempt=d.attempt, deployment=d.target.deployment, provider=d.target.provider,
@@ -95,8 +99,11 @@ def on_attempt_failed(event: AttemptFailed, deps: RouterDeps, now: float | None 
     d = event.dispatch
     history = [*d.history, summarize(event)]
     end = dict(event_id=terminal_id(event.request_id), request_id=event.request_id, ctx=d.ctx, history=history)
-    if event.error.outcome == "bad_request":
-        # The request itself is at fault: another provider would refuse it too.
+    if event.error.outcome == "cancelled":
+        return [CompletionCancelled(**end, error=event.error)]
+    if event.error.outcome in NO_FALLBACK:
+        # The request itself is at fault (another provider would refuse it too), or the client already
+        # holds part of a streamed answer from this attempt.
         return [CompletionFailed(**end, error=event.error)]
     remaining = d.ctx.deadline - now
     if not d.plan or d.attempt >= deps.settings.max_attempts:

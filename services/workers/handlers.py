@@ -3,6 +3,12 @@
 A redelivered attempt (its earlier delivery died mid-call) is first recorded
 as ``AttemptAbandoned``: the earlier call's outcome is unknown, so this second
 upstream call is made knowingly and shows in the trace.
+
+Streamed attempts relay each chunk to the gateway as it arrives. Until the
+first chunk is out, a failure is an ordinary failed attempt (the router may
+fall back); after it, the attempt ends as ``stream_broken`` (no fallback: the
+client already has part of an answer) and what was produced is billed. A
+client that disconnects cancels the upstream call; its tokens are billed too.
 """
 
 from __future__ import annotations
@@ -10,15 +16,19 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import AsyncContextManager, Awaitable, Callable, Protocol
+
+import msgspec
 
 from shared.bus import Delivery
 from shared.catalog import Catalog
-from shared.errors import SwitchyardError, UpstreamBadResponse, UpstreamTimeout
+from shared.canonical import Usage
+from shared.errors import ErrorInfo, SwitchyardError, UpstreamBadResponse, UpstreamTimeout
 from shared.events import (
     AttemptAbandoned,
     AttemptDispatched,
     AttemptFailed,
+    ChunkMessage,
     CompletionSucceeded,
     Event,
     terminal_id,
@@ -27,6 +37,15 @@ from shared.pricing import cost_usd
 from shared.telemetry import Metrics
 
 from services.workers.adapters import ProviderAdapter
+from services.workers.streaming import StreamAssembler
+
+
+class ChunkRelay(Protocol):
+    """Where streamed chunks go, and how a client's disconnect comes back."""
+
+    async def send(self, request_id: str, message: ChunkMessage) -> None: ...
+
+    def cancellation(self, request_id: str) -> AsyncContextManager[asyncio.Event]: ...
 
 
 @dataclass(frozen=True)
@@ -37,6 +56,7 @@ class WorkerDeps:
     catalog: Catalog
     metrics: Metrics
     is_cancelled: Callable[[str], Awaitable[bool]]
+    relay: ChunkRelay | None = None
 
 
 async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps) -> list[Event]:
@@ -49,6 +69,9 @@ async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps
     if event.ctx.job and await deps.is_cancelled(rid):
         return out  # the cancel already ended the request
     timeout = min(event.timeout_s, event.ctx.remaining())
+    if event.ctx.stream and deps.relay is not None:
+        out.append(await stream_attempt(event, delivery, deps, timeout))
+        return out
     adapter = deps.adapters[target.provider]
     m = deps.metrics
     started = time.perf_counter()
@@ -68,8 +91,7 @@ async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps
         info = exc.info()
         m.attempts.labels(target.provider, info.outcome).inc()
         m.operation_duration.labels("chat", target.provider, target.model, info.code).observe(latency_ms / 1000)
-        out.append(AttemptFailed(event_id=f"{rid}.attempt.{event.attempt}.failed", request_id=rid, ctx=event.ctx,
-                                 dispatch=event, error=info, latency_ms=latency_ms))
+        out.append(_failed(event, info, latency_ms))
         return out
     finally:
         m.in_flight.labels(target.provider).dec()
@@ -85,3 +107,76 @@ async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps
                                    target=target, response=response, cost_usd=cost, latency_ms=latency_ms,
                                    history=list(event.history)))
     return out
+
+
+def _failed(event: AttemptDispatched, info: ErrorInfo, latency_ms: float, usage: Usage | None = None,
+            cost: float = 0.0) -> AttemptFailed:
+    return AttemptFailed(event_id=f"{event.request_id}.attempt.{event.attempt}.failed", request_id=event.request_id,
+                         ctx=event.ctx, dispatch=event, error=info, latency_ms=latency_ms, usage=usage,
+                         cost_usd=cost)
+
+
+async def stream_attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps, timeout: float) -> Event:
+    """Relay one streamed attempt; returns its terminal success or its failure."""
+    rid, target = event.request_id, event.target
+    adapter = deps.adapters[target.provider]
+    model = deps.catalog.models[target.model]
+    relay = deps.relay
+    m = deps.metrics
+    assembler = StreamAssembler(event.request, target.upstream_model)
+    sent = 0
+    ttft_ms: float | None = None
+    started = time.perf_counter()
+
+    async def pump() -> None:
+        nonlocal sent, ttft_ms
+        async for chunk in adapter.stream(event.request, target, timeout):
+            if ttft_ms is None:
+                ttft_ms = (time.perf_counter() - started) * 1000
+                m.ttft.labels(target.provider).observe(ttft_ms / 1000)
+            assembler.add(chunk)
+            sent += 1
+            await relay.send(rid, ChunkMessage(attempt=event.attempt, delivery=delivery.num_delivered, seq=sent,
+                                               chunk=chunk, model=target.model))
+
+    m.in_flight.labels(target.provider).inc()
+    try:
+        async with relay.cancellation(rid) as cancelled:
+            task = asyncio.ensure_future(pump())
+            waiter = asyncio.ensure_future(cancelled.wait())
+            done, _ = await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if task not in done:
+                task.cancel()  # closes the upstream response: the provider stops generating
+                await asyncio.gather(task, return_exceptions=True)
+                error = (ErrorInfo(status=499, type="cancelled", code="client_disconnected", outcome="cancelled",
+                                   message="the client disconnected; the upstream call was cancelled")
+                         if cancelled.is_set() else
+                         UpstreamTimeout(f"{target.provider} did not finish within {timeout:.1f}s").info())
+            else:
+                exc = task.exception()
+                if exc is None:
+                    error = None
+                elif isinstance(exc, SwitchyardError):
+                    error = exc.info()
+                else:
+                    error = UpstreamBadResponse(f"{target.provider} adapter failed: {exc!r}").info()
+    finally:
+        m.in_flight.labels(target.provider).dec()
+    latency_ms = (time.perf_counter() - started) * 1000
+    if error is not None:
+        m.attempts.labels(target.provider, error.outcome).inc()
+        if sent == 0 and error.outcome != "cancelled":
+            return _failed(event, error, latency_ms)  # nothing reached the client: fallback is still fine
+        if error.outcome != "cancelled":
+            error = msgspec.structs.replace(error, outcome="stream_broken",
+                                            message=f"the stream broke after {sent} chunks: {error.message}")
+        usage = assembler.usage_so_far()
+        return _failed(event, error, latency_ms, usage, cost_usd(model, usage))
+    response = assembler.response()
+    cost = cost_usd(model, response.usage)
+    m.attempts.labels(target.provider, "success").inc()
+    m.cost.labels(target.provider, target.model).inc(cost)
+    return CompletionSucceeded(event_id=terminal_id(rid), request_id=rid, ctx=event.ctx, attempt=event.attempt,
+                               target=target, response=response, cost_usd=cost, latency_ms=latency_ms,
+                               ttft_ms=ttft_ms, history=list(event.history), chunks=sent)

@@ -8,7 +8,9 @@ its own consumer's in-flight window, never another's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from typing import AsyncIterator
 
 import httpx
 
@@ -17,11 +19,34 @@ from services.workers.adapters import adapter_class
 from services.workers.handlers import WorkerDeps, attempt
 from shared.bus import Delivery, Subscription
 from shared.catalog import ProviderSpec
-from shared.events import AttemptDispatched, Event
+from shared.events import AttemptDispatched, ChunkMessage, Event, cancel_subject, chunk_encoder, chunk_subject
 from shared.jobs import JOBS, get_job
 from shared.lifecycle import poison, with_deadline
 
 log = logging.getLogger("switchyard.workers")
+
+
+class NatsChunkRelay:
+    """Chunks out on ``sy.chunk.<request_id>``; the gateway's cancel comes in on ``sy.cancel.<request_id>``."""
+
+    def __init__(self, nc) -> None:
+        self.nc = nc
+
+    async def send(self, request_id: str, message: ChunkMessage) -> None:
+        await self.nc.publish(chunk_subject(request_id), chunk_encoder.encode(message))
+
+    @contextlib.asynccontextmanager
+    async def cancellation(self, request_id: str) -> AsyncIterator[asyncio.Event]:
+        cancelled = asyncio.Event()
+
+        async def on_cancel(_msg) -> None:
+            cancelled.set()
+
+        sub = await self.nc.subscribe(cancel_subject(request_id), cb=on_cancel)
+        try:
+            yield cancelled
+        finally:
+            await sub.unsubscribe()
 
 
 def durable(provider: str) -> str:
@@ -52,7 +77,8 @@ async def run(deps: Deps, arg: str | None = None) -> None:
         record = await get_job(jobs_kv, request_id)
         return record is not None and record.status == "cancelled"
 
-    wdeps = WorkerDeps(adapters=adapters, catalog=catalog, metrics=deps.telemetry.metrics, is_cancelled=is_cancelled)
+    wdeps = WorkerDeps(adapters=adapters, catalog=catalog, metrics=deps.telemetry.metrics, is_cancelled=is_cancelled,
+                       relay=NatsChunkRelay(deps.bus.nc))
 
     async def handle(event: AttemptDispatched, delivery: Delivery) -> list[Event]:
         return await attempt(event, delivery, wdeps)

@@ -1,0 +1,77 @@
+"""Folding a canonical chunk stream back into one response (for the terminal event, the ledger and the trace)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.canonical import (
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    FunctionCall,
+    Message,
+    StreamChunk,
+    ToolCall,
+    Usage,
+    estimate_prompt_tokens,
+    estimate_tokens,
+)
+
+
+@dataclass
+class _ChoiceState:
+    text: list[str] = field(default_factory=list)
+    tools: dict[int, dict] = field(default_factory=dict)
+    finish_reason: str | None = None
+
+
+class StreamAssembler:
+    """Accumulates chunks; gives the whole response, or the usage so far when the stream breaks."""
+
+    def __init__(self, request: ChatRequest, model: str) -> None:
+        self.request = request
+        self.model = model
+        self.choices: dict[int, _ChoiceState] = {}
+        self.usage: Usage | None = None
+
+    def add(self, chunk: StreamChunk) -> None:
+        if chunk.model:
+            self.model = chunk.model
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        for c in chunk.choices:
+            state = self.choices.setdefault(c.index, _ChoiceState())
+            if c.delta.content:
+                state.text.append(c.delta.content)
+            for tc in c.delta.tool_calls or ():
+                slot = state.tools.setdefault(tc.index or 0, {"id": None, "name": None, "args": []})
+                slot["id"] = slot["id"] or tc.id
+                if tc.function is not None:
+                    slot["name"] = slot["name"] or tc.function.name
+                    if tc.function.arguments:
+                        slot["args"].append(tc.function.arguments)
+            if c.finish_reason:
+                state.finish_reason = c.finish_reason
+
+    def text(self) -> str:
+        return "".join("".join(s.text) for s in self.choices.values())
+
+    def usage_so_far(self) -> Usage:
+        """The provider's usage when it sent one, else an estimate from what was produced."""
+        if self.usage is not None:
+            return self.usage
+        produced = self.text() + "".join("".join(t["args"]) for s in self.choices.values() for t in s.tools.values())
+        return Usage(prompt_tokens=estimate_prompt_tokens(self.request),
+                     completion_tokens=estimate_tokens(produced) if produced else 0)
+
+    def response(self) -> ChatResponse:
+        choices = []
+        for index in sorted(self.choices):
+            s = self.choices[index]
+            tool_calls = [ToolCall(id=t["id"], type="function", function=FunctionCall(name=t["name"],
+                                   arguments="".join(t["args"]))) for _, t in sorted(s.tools.items())] or None
+            content = "".join(s.text) if s.text or not tool_calls else None
+            choices.append(Choice(index=index, message=Message(role="assistant", content=content,
+                                                               tool_calls=tool_calls),
+                                  finish_reason=s.finish_reason or "stop"))
+        return ChatResponse(model=self.model, choices=choices, usage=self.usage_so_far())

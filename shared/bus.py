@@ -219,9 +219,9 @@ class Bus:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _pull(self, sub: Subscription, max_outstanding: int) -> "PullLoop":
+    async def _pull(self, sub: Subscription, max_outstanding: int, deliver: Callable[[Msg], None]) -> "PullLoop":
         await self.ensure_consumer(sub)
-        loop = PullLoop(self, sub, max_outstanding)
+        loop = PullLoop(self, sub, max_outstanding, deliver)
         await loop.start()
         return loop
 
@@ -235,18 +235,16 @@ class Bus:
     async def consume(self, service: str, sub: Subscription, handler: Handler,
                       on_poison: PoisonHandler | None = None) -> None:
         """Run ``handler`` on every message of ``sub``, up to ``concurrency`` at once, until closed."""
-        cs = sub.settings
-        pull = await self._pull(sub, cs.concurrency)
-        running: set[asyncio.Task] = set()
+        pull: PullLoop
+
+        def dispatch(msg: Msg) -> None:
+            # Straight from the subscription callback to a handler task: no queue hop, no per-message timer.
+            task = asyncio.ensure_future(self._handle_one(service, sub, msg, handler, on_poison))
+            task.add_done_callback(pull.done)
+
+        pull = await self._pull(sub, sub.settings.concurrency, dispatch)
         try:
-            while not self._stopping.is_set():
-                msg = await pull.next()
-                if msg is None:
-                    continue
-                t = asyncio.ensure_future(self._handle_one(service, sub, msg, handler, on_poison))
-                running.add(t)
-                t.add_done_callback(running.discard)
-                t.add_done_callback(pull.done)
+            await self._stopping.wait()
         finally:
             await pull.stop()
 
@@ -302,26 +300,32 @@ class Bus:
     async def consume_batches(self, service: str, sub: Subscription, handler: BatchHandler) -> None:
         """Hand batches to ``handler`` (for stores that write in bulk) and ack them together.
 
-        A batch closes when it is full or ``linger_s`` after its first message, so an idle-ish stream
-        costs one transaction per linger period rather than one per event.
+        A batch closes when it is full or ``linger_s`` after its first message, so a quiet stream costs
+        one transaction per linger period rather than one per event.
         """
         cs = sub.settings
-        pull = await self._pull(sub, cs.batch * 2)
+        buffer: list[Msg] = []
+        arrived = asyncio.Event()
+
+        def collect(msg: Msg) -> None:
+            buffer.append(msg)
+            arrived.set()
+
+        pull = await self._pull(sub, cs.batch * 2, collect)
+        loop = asyncio.get_running_loop()
         try:
             while not self._stopping.is_set():
-                first = await pull.next()
-                if first is None:
-                    continue
-                msgs = [first]
-                close_at = asyncio.get_running_loop().time() + cs.linger_s
-                while len(msgs) < cs.batch:
-                    wait = close_at - asyncio.get_running_loop().time()
-                    msg = pull.next_nowait() if wait <= 0 else await pull.next(wait)
-                    if msg is None:
-                        if wait <= 0:
-                            break
-                        continue
-                    msgs.append(msg)
+                await arrived.wait()
+                close_at = loop.time() + cs.linger_s
+                while len(buffer) < cs.batch and loop.time() < close_at:
+                    arrived.clear()
+                    try:
+                        await asyncio.wait_for(arrived.wait(), close_at - loop.time())
+                    except asyncio.TimeoutError:
+                        break
+                msgs, buffer[:] = buffer[: cs.batch], buffer[cs.batch:]
+                if not buffer:
+                    arrived.clear()
                 await self._handle_batch(service, msgs, handler)
                 for _ in msgs:
                     pull.done()
@@ -373,13 +377,13 @@ class PullLoop:
     EXPIRES_S = 30.0
     HEARTBEAT_S = 5.0
 
-    def __init__(self, bus: "Bus", sub: Subscription, max_outstanding: int) -> None:
+    def __init__(self, bus: "Bus", sub: Subscription, max_outstanding: int, deliver: Callable[[Msg], None]) -> None:
         self.bus = bus
         self.sub = sub
         self.window = max(1, max_outstanding)
         self.owed = 0  # messages requested and not yet delivered or released by a status
         self.busy = 0  # messages delivered and not yet finished
-        self.queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self.deliver = deliver
         self.last_seen = 0.0
         self._inbox = ""
         self._nsub = None
@@ -410,7 +414,7 @@ class PullLoop:
         if status is None:
             self.owed = max(0, self.owed - 1)
             self.busy += 1
-            self.queue.put_nowait(msg)
+            self.deliver(msg)
             return
         if status == "100":  # idle heartbeat: the pull is alive
             return
@@ -451,18 +455,6 @@ class PullLoop:
                         log.warning("consumer %s not recreated yet: %r", self.sub.durable, exc)
                         continue
             await self._refill()
-
-    async def next(self, timeout: float = 1.0) -> Msg | None:
-        try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
-
-    def next_nowait(self) -> Msg | None:
-        try:
-            return self.queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
 
     def done(self, _: object = None) -> None:
         """One delivered message is finished: make room for more."""

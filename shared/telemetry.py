@@ -8,6 +8,8 @@ sets are bounded (never a request id, key or team).
 
 from __future__ import annotations
 
+import contextvars
+import secrets
 from contextlib import contextmanager
 from typing import Iterator, Mapping
 
@@ -83,20 +85,42 @@ class Telemetry:
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint)))
         self.tracing = settings.otlp_endpoint is not None
+        # The trace context being carried through this task when spans are off (a per-task value).
+        self._carried: contextvars.ContextVar[str | None] = contextvars.ContextVar("traceparent", default=None)
         self.tracer = provider.get_tracer("switchyard")
         self._propagator = TraceContextTextMapPropagator()
 
     def inject(self, headers: dict[str, str]) -> dict[str, str]:
-        """Add the current span's ``traceparent`` to outgoing headers."""
-        self._propagator.inject(headers)
+        """Add the current trace context to outgoing headers.
+
+        With an exporter, the current span's; without one, the ``traceparent`` carried in unchanged,
+        so the trace id still spans every service without paying for spans nobody collects.
+        """
+        if self.tracing:
+            self._propagator.inject(headers)
+        else:
+            carried = self._carried.get()
+            if carried:
+                headers["traceparent"] = carried
         return headers
+
+    def new_traceparent(self) -> str:
+        """A fresh W3C ``traceparent`` for a request that arrived without one."""
+        return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
     def extract(self, headers: Mapping[str, str] | None) -> Context:
         return self._propagator.extract(headers or {})
 
     @contextmanager
-    def span(self, name: str, headers: Mapping[str, str] | None = None, **attributes) -> Iterator[trace.Span]:
-        """A span continuing the trace carried in ``headers`` (or the current one)."""
+    def span(self, name: str, headers: Mapping[str, str] | None = None, **attributes) -> Iterator[None]:
+        """Work continuing the trace carried in ``headers``: a real span when traces are exported."""
+        if not self.tracing:
+            token = self._carried.set((headers or {}).get("traceparent"))
+            try:
+                yield None
+            finally:
+                self._carried.reset(token)
+            return
         ctx = self.extract(headers) if headers is not None else None
-        with self.tracer.start_as_current_span(name, context=ctx, attributes=attributes) as s:
-            yield s
+        with self.tracer.start_as_current_span(name, context=ctx, attributes=attributes):
+            yield None

@@ -42,6 +42,7 @@ from shared.errors import (
 )
 from shared.events import (
     JOB_ORIGIN,
+    Event,
     ChunkMessage,
     CompletionRequested,
     cancel_subject,
@@ -186,10 +187,10 @@ class Gateway:
         rid = h.new_request_id()
         event = h.completion_requested(chat, principal, request_id=rid, origin=self.id, timeout_s=timeout, job=False)
         if chat.stream:
-            return await self._stream(event, started)
+            return await self._stream(request, event, started)
         fut = self.waiters.add(rid)
         try:
-            await self.deps.bus.publish(event)
+            await self._publish(request, event)
             try:
                 term = await asyncio.wait_for(fut, timeout=max(0.001, event.ctx.remaining()))
             except asyncio.TimeoutError:
@@ -210,7 +211,15 @@ class Gateway:
             return _json(render_completion(term), headers=headers)
         return error_response(h.terminal_error(term), headers)
 
-    async def _stream(self, event: CompletionRequested, started: float) -> Response:
+    async def _publish(self, request: Request | None, event: Event):
+        """Publish a request's first event, starting its trace (or continuing the client's ``traceparent``)."""
+        tel = self.deps.telemetry
+        incoming = request.headers.get("traceparent") if request is not None else None
+        headers = {"traceparent": incoming} if incoming else ({} if tel.tracing else {"traceparent": tel.new_traceparent()})
+        with tel.span(f"gateway {event.ctx.api}", headers, **{"switchyard.request_id": event.request_id}):
+            return await self.deps.bus.publish(event)
+
+    async def _stream(self, request: Request, event: CompletionRequested, started: float) -> Response:
         """Relay a streamed request as OpenAI SSE.
 
         Headers wait for the first chunk: a request that fails before any output (denied, every
@@ -228,7 +237,7 @@ class Gateway:
             await sub.unsubscribe()
 
         try:
-            await self.deps.bus.publish(event)
+            await self._publish(request, event)
             first = await inbox.next(event.ctx.remaining())
         except BaseException:
             await close(cancel_upstream=True)
@@ -307,7 +316,7 @@ class Gateway:
         record = JobRecord(id=rid, tenant=principal.tenant, team=principal.team, model=chat.model, status="queued",
                            created_at=now, key_id=principal.key_id, deadline=event.ctx.deadline)
         # Durable once the stream has it; the KV record only serves polls (audit re-creates it if this write fails).
-        await self.deps.bus.publish(event)
+        await self._publish(request, event)
         try:
             await advance_job(self._jobs_kv, rid, lambda cur: record if cur is None else None)
         except Exception as exc:  # noqa: BLE001 - the job is accepted; audit writes the record

@@ -21,12 +21,13 @@ import msgspec
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.bootstrap import Deps
 from services.gateway import handlers as h
+from services.gateway.dialects import ANTHROPIC, OPENAI, Dialect, StreamEncoder
 from shared.auth import Principal
 from shared.errors import (
     Conflict,
@@ -59,7 +60,7 @@ from shared.events import (
     terminal_id,
 )
 from shared.jobs import JOBS, advance_job, get_job
-from shared.openai_format import model_list, render_chunk, render_completion, render_usage_chunk
+from shared.openai_format import model_list
 
 log = logging.getLogger("switchyard.gateway")
 RPC_TRACE = "sy.rpc.audit.trace"
@@ -121,19 +122,12 @@ class ChunkInbox:
         return out
 
 
-def _sse_data(body: dict) -> bytes:
-    return b"data: " + msgspec.json.encode(body) + b"\n\n"
-
-
-def _sse_error(info: ErrorInfo) -> bytes:
-    return _sse_data(info.body())
-
-
-def error_response(info: ErrorInfo, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(info: ErrorInfo, headers: dict[str, str] | None = None, body: dict | None = None) -> Response:
+    """An error with its status and ``Retry-After``; the body in OpenAI's shape unless a dialect gives its own."""
     headers = dict(headers or {})
     if info.retry_after is not None:
         headers["Retry-After"] = str(max(1, min(120, int(round(info.retry_after)))))
-    return JSONResponse(info.body(), status_code=info.status, headers=headers)
+    return _json(body if body is not None else info.body(), status=info.status, headers=headers)
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -179,37 +173,56 @@ class Gateway:
     # ---- chat completions -----------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
+        return await self.complete(request, OPENAI)
+
+    async def messages(self, request: Request) -> Response:
+        return await self.complete(request, ANTHROPIC)
+
+    async def complete(self, request: Request, dialect: Dialect) -> Response:
+        """One completion in ``dialect``'s wire format: wait for its terminal event, or relay its stream."""
         started = time.perf_counter()
-        principal = self.principal(request)
-        chat = h.parse_chat_request(await request.body(), self.settings.max_body_bytes)
-        timeout = h.timeout_for(request.headers.get("x-switchyard-timeout"), self.settings.default_timeout_s,
-                                self.settings.max_timeout_s)
-        rid = h.new_request_id()
-        event = h.completion_requested(chat, principal, request_id=rid, origin=self.id, timeout_s=timeout, job=False)
-        if chat.stream:
-            return await self._stream(request, event, started)
+        try:
+            principal = self.principal(request)
+            chat = dialect.parse(await request.body(), self.settings.max_body_bytes)
+            timeout = h.timeout_for(request.headers.get("x-switchyard-timeout"), self.settings.default_timeout_s,
+                                    self.settings.max_timeout_s)
+            rid = h.new_request_id()
+            event = h.completion_requested(chat, principal, request_id=rid, origin=self.id, timeout_s=timeout,
+                                           job=False, api=dialect.api)
+            if chat.stream:
+                return await self._stream(request, dialect, event, started)
+            return await self._sync(request, dialect, event, started)
+        except SwitchyardError as exc:
+            return self._error(dialect, exc.info(), None)
+
+    def _error(self, dialect: Dialect, info: ErrorInfo, rid: str | None) -> Response:
+        headers = {"x-request-id": rid} if rid else {}
+        return error_response(info, headers, body=dialect.error_body(info, rid))
+
+    async def _sync(self, request: Request, dialect: Dialect, event: CompletionRequested, started: float) -> Response:
+        rid = event.request_id
         fut = self.waiters.add(rid)
         try:
             await self._publish(request, event)
             try:
                 term = await asyncio.wait_for(fut, timeout=max(0.001, event.ctx.remaining()))
             except asyncio.TimeoutError:
-                self.metrics.requests.labels("chat.completions", "timeout").inc()
-                err = DeadlineExceeded(f"request {rid} did not finish within {timeout:g}s; it goes on and is "
-                                       f"recorded: see GET /v1/requests/{rid}")
-                return error_response(err.info(), {"x-request-id": rid})
+                self.metrics.requests.labels(dialect.api, "timeout").inc()
+                err = DeadlineExceeded(f"request {rid} did not finish within {event.ctx.deadline - event.ctx.received_at:g}s; "
+                                       f"it goes on and is recorded: see GET /v1/requests/{rid}")
+                return self._error(dialect, err.info(), rid)
         finally:
             self.waiters.discard(rid)
         total = time.perf_counter() - started
         overhead = h.overhead_s(term, total)
-        self.metrics.request_duration.labels("chat.completions").observe(total)
-        self.metrics.overhead.labels("chat.completions").observe(overhead)
-        self.metrics.requests.labels("chat.completions", term.status).inc()
+        self.metrics.request_duration.labels(dialect.api).observe(total)
+        self.metrics.overhead.labels(dialect.api).observe(overhead)
+        self.metrics.requests.labels(dialect.api, term.status).inc()
         headers = {"x-request-id": rid, "x-switchyard-overhead-ms": f"{overhead * 1000:.3f}"}
         if isinstance(term, CompletionSucceeded):
             headers["x-switchyard-provider"] = term.target.provider
-            return _json(render_completion(term), headers=headers)
-        return error_response(h.terminal_error(term), headers)
+            return _json(dialect.success(term), headers=headers)
+        return error_response(h.terminal_error(term), headers, body=dialect.error_body(h.terminal_error(term), rid))
 
     async def _publish(self, request: Request | None, event: Event):
         """Publish a request's first event, starting its trace (or continuing the client's ``traceparent``)."""
@@ -219,12 +232,13 @@ class Gateway:
         with tel.span(f"gateway {event.ctx.api}", headers, **{"switchyard.request_id": event.request_id}):
             return await self.deps.bus.publish(event)
 
-    async def _stream(self, request: Request, event: CompletionRequested, started: float) -> Response:
-        """Relay a streamed request as OpenAI SSE.
+    async def _stream(self, request: Request, dialect: Dialect, event: CompletionRequested,
+                      started: float) -> Response:
+        """Relay a streamed request as SSE in the client's dialect.
 
         Headers wait for the first chunk: a request that fails before any output (denied, every
         candidate down) still gets its proper status. After that, a failure ends the stream with an
-        error event, never with ``[DONE]``.
+        error event, never with a normal end.
         """
         rid = event.request_id
         inbox = ChunkInbox(self.waiters.add(rid))
@@ -242,63 +256,58 @@ class Gateway:
         except BaseException:
             await close(cancel_upstream=True)
             raise
-        if first is None or isinstance(first, Timeout):
+        if isinstance(first, Timeout):
             await close(cancel_upstream=True)
-            self.metrics.requests.labels("chat.completions", "timeout").inc()
-            return error_response(DeadlineExceeded(f"request {rid} produced no output before its deadline").info(),
-                                  {"x-request-id": rid})
+            self.metrics.requests.labels(dialect.api, "timeout").inc()
+            err = DeadlineExceeded(f"request {rid} produced no output before its deadline")
+            return self._error(dialect, err.info(), rid)
         if not isinstance(first, ChunkMessage):
             await close(cancel_upstream=False)
-            self.metrics.requests.labels("chat.completions", first.status).inc()
+            self.metrics.requests.labels(dialect.api, first.status).inc()
             if isinstance(first, CompletionSucceeded):  # an answer with no chunks at all: send it whole
-                return _json(render_completion(first), headers={"x-request-id": rid})
-            return error_response(h.terminal_error(first), {"x-request-id": rid})
+                return _json(dialect.success(first), headers={"x-request-id": rid})
+            return self._error(dialect, h.terminal_error(first), rid)
         self.metrics.ttft.labels("gateway").observe(time.perf_counter() - started)
-        include_usage = bool((event.request.stream_options or {}).get("include_usage"))
-        body = self._sse(event, first, inbox, include_usage, started, close)
+        body = self._sse(dialect.stream(event), dialect.api, event, first, inbox, started, close)
         return StreamingResponse(body, media_type="text/event-stream",
                                  headers={"x-request-id": rid, "cache-control": "no-cache"})
 
-    async def _sse(self, event: CompletionRequested, first: ChunkMessage, inbox: "ChunkInbox", include_usage: bool,
-                   started: float, close) -> AsyncIterator[bytes]:
-        rid, created = event.request_id, int(event.ctx.received_at)
-        lock, seen, finished = (first.attempt, first.delivery), 0, False
-        outcome = "failed"
+    async def _sse(self, enc: StreamEncoder, api: str, event: CompletionRequested, first: ChunkMessage,
+                   inbox: "ChunkInbox", started: float, close) -> AsyncIterator[bytes]:
+        rid = event.request_id
+        lock, seen, finished, outcome = (first.attempt, first.delivery), 0, False, "failed"
         try:
             item: object = first
             while True:
                 if isinstance(item, ChunkMessage):
                     if (item.attempt, item.delivery) != lock:
                         # A redelivered attempt restarted its stream; the client already has part of the first.
-                        yield _sse_error(ErrorInfo(status=502, type="upstream_error", code="stream_restarted",
-                                                   message="the stream was interrupted and cannot be resumed"))
+                        yield enc.error(ErrorInfo(status=502, type="upstream_error", code="stream_restarted",
+                                                  message="the stream was interrupted and cannot be resumed"))
                         return
                     seen += 1
-                    if item.chunk.choices:
-                        yield _sse_data(render_chunk(rid, created, item.model, item.chunk))
-                elif isinstance(item, Timeout) or item is None:
-                    yield _sse_error(DeadlineExceeded(f"request {rid} passed its deadline mid-stream").info())
+                    yield enc.chunk(item)
+                elif isinstance(item, Timeout):
+                    yield enc.error(DeadlineExceeded(f"request {rid} passed its deadline mid-stream").info())
                     outcome = "timeout"
                     return
                 else:  # the terminal event: flush any chunk still in flight, then end
                     term = item
                     if isinstance(term, CompletionSucceeded):
                         for late in await inbox.drain(term.chunks - seen):
-                            if late.chunk.choices and (late.attempt, late.delivery) == lock:
-                                yield _sse_data(render_chunk(rid, created, late.model, late.chunk))
-                        if include_usage:
-                            yield _sse_data(render_usage_chunk(term, created))
-                        yield b"data: [DONE]\n\n"
+                            if (late.attempt, late.delivery) == lock:
+                                yield enc.chunk(late)
+                        yield enc.finish(term)
                         total = time.perf_counter() - started
-                        self.metrics.request_duration.labels("chat.completions").observe(total)
-                        self.metrics.overhead.labels("chat.completions").observe(h.overhead_s(term, total))
+                        self.metrics.request_duration.labels(api).observe(total)
+                        self.metrics.overhead.labels(api).observe(h.overhead_s(term, total))
                     else:
-                        yield _sse_error(h.terminal_error(term))
+                        yield enc.error(h.terminal_error(term))
                     outcome, finished = term.status, True
                     return
                 item = await inbox.next(event.ctx.remaining())
         finally:
-            self.metrics.requests.labels("chat.completions", outcome if finished else "disconnected").inc()
+            self.metrics.requests.labels(api, outcome if finished else "disconnected").inc()
             # Not finished means the client left (or the stream broke): stop the upstream call.
             await close(cancel_upstream=not finished)
 
@@ -473,6 +482,8 @@ def create_app(deps: Deps, gw: Gateway) -> FastAPI:
     install_ops_routes(app, deps)
     app.add_api_route("/v1/chat/completions", gw.chat_completions, methods=["POST"], openapi_extra=_CHAT_SCHEMA,
                       summary="Create a chat completion (OpenAI format)")
+    app.add_api_route("/v1/messages", gw.messages, methods=["POST"],
+                      summary="Create a message (Anthropic Messages format), routed to any provider")
     app.add_api_route("/v1/models", gw.models, methods=["GET"], summary="List the models that can be called")
     app.add_api_route("/v1/jobs", gw.submit_job, methods=["POST"], status_code=202, openapi_extra=_CHAT_SCHEMA,
                       summary="Submit a chat completion as an async job")

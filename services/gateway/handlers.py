@@ -59,11 +59,12 @@ def timeout_for(header: str | None, default_s: float, max_s: float) -> float:
 
 
 def completion_requested(request: ChatRequest, principal: Principal, *, request_id: str, origin: str,
-                         timeout_s: float, job: bool, now: float | None = None) -> CompletionRequested:
+                         timeout_s: float, job: bool, now: float | None = None,
+                         api: str = "chat.completions") -> CompletionRequested:
     """The event that puts a request on the bus. Attribution comes only from the key."""
     now = time.time() if now is None else now
     ctx = RequestContext(tenant=principal.tenant, team=principal.team, key_id=principal.key_id, origin=origin,
-                         deadline=now + timeout_s, received_at=now, job=job, stream=request.stream)
+                         deadline=now + timeout_s, received_at=now, job=job, stream=request.stream, api=api)
     return CompletionRequested(event_id=f"{request_id}.requested", request_id=request_id, ts=now, ctx=ctx,
                                request=request)
 

@@ -1,0 +1,132 @@
+"""Ingress dialects: the wire shapes a client speaks, over one pipeline.
+
+A dialect parses a client's body into the canonical ``ChatRequest`` and
+renders terminal events, errors and stream chunks back in that client's
+format. The gateway's sync, streaming, deadline and cancellation logic is the
+same for all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+
+from services.gateway import anthropic_format as anthropic
+from services.gateway import handlers as h
+from shared.canonical import ChatRequest, StreamChunk
+from shared.errors import ErrorInfo
+from shared.events import ChunkMessage, CompletionRequested, CompletionSucceeded
+from shared.openai_format import render_chunk, render_completion, render_usage_chunk
+
+_json = msgspec.json.Encoder()
+
+
+class StreamEncoder(Protocol):
+    """Turns one request's relayed chunks and its end into SSE bytes."""
+
+    def chunk(self, message: ChunkMessage) -> bytes: ...
+
+    def finish(self, term: CompletionSucceeded) -> bytes: ...
+
+    def error(self, info: ErrorInfo) -> bytes: ...
+
+
+class Dialect(Protocol):
+    """One client wire format."""
+
+    api: str
+
+    def parse(self, body: bytes, max_bytes: int) -> ChatRequest: ...
+
+    def success(self, term: CompletionSucceeded) -> dict[str, Any]: ...
+
+    def error_body(self, info: ErrorInfo, request_id: str | None) -> dict[str, Any]: ...
+
+    def stream(self, event: CompletionRequested) -> StreamEncoder: ...
+
+
+def _data(body: dict) -> bytes:
+    return b"data: " + _json.encode(body) + b"\n\n"
+
+
+class OpenAIStream:
+    """``chat.completion.chunk`` events, the optional usage chunk, then ``[DONE]``."""
+
+    def __init__(self, event: CompletionRequested) -> None:
+        self.request_id = event.request_id
+        self.created = int(event.ctx.received_at)
+        self.include_usage = bool((event.request.stream_options or {}).get("include_usage"))
+
+    def chunk(self, message: ChunkMessage) -> bytes:
+        if not message.chunk.choices:
+            return b""  # the provider's own usage chunk: ours comes from the terminal event
+        return _data(render_chunk(self.request_id, self.created, message.model, message.chunk))
+
+    def finish(self, term: CompletionSucceeded) -> bytes:
+        usage = _data(render_usage_chunk(term, self.created)) if self.include_usage else b""
+        return usage + b"data: [DONE]\n\n"
+
+    def error(self, info: ErrorInfo) -> bytes:
+        # An error object in the stream, and no [DONE]: the openai SDK raises instead of ending quietly.
+        return _data(info.body())
+
+
+class OpenAIChat:
+    """OpenAI Chat Completions (``POST /v1/chat/completions``)."""
+
+    api = "chat.completions"
+
+    def parse(self, body: bytes, max_bytes: int) -> ChatRequest:
+        return h.parse_chat_request(body, max_bytes)
+
+    def success(self, term: CompletionSucceeded) -> dict[str, Any]:
+        return render_completion(term)
+
+    def error_body(self, info: ErrorInfo, request_id: str | None) -> dict[str, Any]:
+        return info.body()
+
+    def stream(self, event: CompletionRequested) -> StreamEncoder:
+        return OpenAIStream(event)
+
+
+class AnthropicStream:
+    """Anthropic Messages stream events."""
+
+    def __init__(self, event: CompletionRequested) -> None:
+        self.encoder = anthropic.MessagesStreamEncoder(event.request_id, event.request.model,
+                                                       input_tokens=0)
+
+    def chunk(self, message: ChunkMessage) -> bytes:
+        return self.encoder.encode(message.chunk)
+
+    def finish(self, term: CompletionSucceeded) -> bytes:
+        # The terminal event's usage is the settled one: it is what the client is billed for.
+        self.encoder.encode(StreamChunk(usage=term.response.usage))
+        return self.encoder.finish()
+
+    def error(self, info: ErrorInfo) -> bytes:
+        return self.encoder.error(info)
+
+
+class AnthropicMessages:
+    """Anthropic Messages (``POST /v1/messages``), routed to any provider."""
+
+    api = "messages"
+
+    def parse(self, body: bytes, max_bytes: int) -> ChatRequest:
+        return anthropic.parse_messages_request(body, max_bytes)
+
+    def success(self, term: CompletionSucceeded) -> dict[str, Any]:
+        body = anthropic.render_message(term.response, term.request_id, term.target.model)
+        return body
+
+    def error_body(self, info: ErrorInfo, request_id: str | None) -> dict[str, Any]:
+        return anthropic.render_error(info, request_id)
+
+    def stream(self, event: CompletionRequested) -> StreamEncoder:
+        return AnthropicStream(event)
+
+
+OPENAI = OpenAIChat()
+ANTHROPIC = AnthropicMessages()

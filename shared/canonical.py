@@ -179,7 +179,7 @@ class EmbeddingRequest(Struct, kw_only=True, omit_defaults=True):
     """An embeddings request (OpenAI's fields)."""
 
     model: Annotated[str, Meta(min_length=1, max_length=256)]
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str | int | list[int]]  # text, texts, token ids, or lists of token ids
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: Annotated[int, Meta(ge=1)] | None = None
     user: str | None = None

@@ -94,6 +94,18 @@ def switchyard_object(event: CompletionSucceeded) -> dict[str, Any]:
     }
 
 
+def render_embeddings(event: CompletionSucceeded) -> dict[str, Any]:
+    """OpenAI's embedding list."""
+    usage = event.response.usage
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(event.embeddings or [])],
+        "model": event.target.model,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
+        "switchyard": switchyard_object(event),
+    }
+
+
 def model_list(names: list[str], owner_of: dict[str, str]) -> dict[str, Any]:
     """OpenAI's model list."""
     return {"object": "list",

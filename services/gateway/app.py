@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.bootstrap import Deps
 from services.gateway import handlers as h
-from services.gateway.dialects import ANTHROPIC, OPENAI, Dialect, StreamEncoder
+from services.gateway.dialects import ANTHROPIC, EMBEDDINGS, OPENAI, Dialect, StreamEncoder
 from shared.auth import Principal
 from shared.errors import (
     Conflict,
@@ -177,6 +177,20 @@ class Gateway:
 
     async def messages(self, request: Request) -> Response:
         return await self.complete(request, ANTHROPIC)
+
+    async def embeddings(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            principal = self.principal(request)
+            emb = h.parse_embedding_request(await request.body(), self.settings.max_body_bytes)
+            timeout = h.timeout_for(request.headers.get("x-switchyard-timeout"), self.settings.default_timeout_s,
+                                    self.settings.max_timeout_s)
+            event = h.completion_requested(h.embedding_prompt(emb), principal, request_id=h.new_request_id(),
+                                           origin=self.id, timeout_s=timeout, job=False, api=EMBEDDINGS.api,
+                                           embedding=emb)
+            return await self._sync(request, EMBEDDINGS, event, started)
+        except SwitchyardError as exc:
+            return self._error(EMBEDDINGS, exc.info(), None)
 
     async def complete(self, request: Request, dialect: Dialect) -> Response:
         """One completion in ``dialect``'s wire format: wait for its terminal event, or relay its stream."""
@@ -484,6 +498,7 @@ def create_app(deps: Deps, gw: Gateway) -> FastAPI:
                       summary="Create a chat completion (OpenAI format)")
     app.add_api_route("/v1/messages", gw.messages, methods=["POST"],
                       summary="Create a message (Anthropic Messages format), routed to any provider")
+    app.add_api_route("/v1/embeddings", gw.embeddings, methods=["POST"], summary="Create embeddings (OpenAI format)")
     app.add_api_route("/v1/models", gw.models, methods=["GET"], summary="List the models that can be called")
     app.add_api_route("/v1/jobs", gw.submit_job, methods=["POST"], status_code=202, openapi_extra=_CHAT_SCHEMA,
                       summary="Submit a chat completion as an async job")

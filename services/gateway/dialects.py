@@ -17,7 +17,7 @@ from services.gateway import handlers as h
 from shared.canonical import ChatRequest, StreamChunk
 from shared.errors import ErrorInfo
 from shared.events import ChunkMessage, CompletionRequested, CompletionSucceeded
-from shared.openai_format import render_chunk, render_completion, render_usage_chunk
+from shared.openai_format import render_chunk, render_completion, render_embeddings, render_usage_chunk
 
 _json = msgspec.json.Encoder()
 
@@ -128,5 +128,24 @@ class AnthropicMessages:
         return AnthropicStream(event)
 
 
+class OpenAIEmbeddings:
+    """OpenAI Embeddings (``POST /v1/embeddings``): synchronous only."""
+
+    api = "embeddings"
+
+    def parse(self, body: bytes, max_bytes: int) -> ChatRequest:
+        return h.embedding_prompt(h.parse_embedding_request(body, max_bytes))
+
+    def success(self, term: CompletionSucceeded) -> dict[str, Any]:
+        return render_embeddings(term)
+
+    def error_body(self, info: ErrorInfo, request_id: str | None) -> dict[str, Any]:
+        return info.body()
+
+    def stream(self, event: CompletionRequested) -> StreamEncoder:
+        raise NotImplementedError("embeddings do not stream")
+
+
 OPENAI = OpenAIChat()
+EMBEDDINGS = OpenAIEmbeddings()
 ANTHROPIC = AnthropicMessages()

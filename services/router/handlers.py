@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from services.router.settings import RouterSettings
 from shared.catalog import Catalog
-from shared.errors import ErrorInfo, ServiceUnavailable
+from shared.errors import ErrorInfo, InvalidRequest, ServiceUnavailable
 from shared.events import (
     AttemptDispatched,
     AttemptFailed,
@@ -41,6 +41,8 @@ class RouterDeps:
 
 def candidates(event: RequestAdmitted, catalog: Catalog) -> list[Target]:
     targets = catalog.targets(event.request.model)
+    if event.ctx.api == "embeddings":
+        targets = [t for t in targets if "embeddings" in catalog.models[t.model].capabilities]
     if event.allowed_providers is not None:
         allowed = set(event.allowed_providers)
         targets = [t for t in targets if t.provider in allowed]
@@ -57,7 +59,7 @@ def dispatch(request_id: str, source: RequestAdmitted | AttemptDispatched, plan:
     target, rest = plan[0], plan[1:]
     return AttemptDispatched(
         event_id=f"{request_id}.attempt.{attempt}", request_id=request_id, ctx=source.ctx, request=source.request,
-        attempt=attempt, target=target, plan=rest, history=history,
+        embedding=source.embedding, attempt=attempt, target=target, plan=rest, history=history,
         timeout_s=attempt_timeout(target, source.ctx.deadline - now, deps.catalog))
 
 
@@ -65,6 +67,10 @@ def route(event: RequestAdmitted, deps: RouterDeps, now: float | None = None) ->
     """First attempt of an admitted request."""
     now = time.time() if now is None else now
     plan = candidates(event, deps.catalog)[: deps.settings.max_attempts]
+    if not plan and event.ctx.api == "embeddings":
+        err = InvalidRequest(f"the model '{event.request.model}' does not offer embeddings", param="model")
+        return [CompletionFailed(event_id=terminal_id(event.request_id), request_id=event.request_id,
+                                 ctx=event.ctx, error=err.info())]
     if not plan:
         err = ServiceUnavailable(f"no deployment of '{event.request.model}' may serve this request")
         info = ErrorInfo(status=err.status, type=err.type, code="no_candidates", message=err.message,

@@ -22,8 +22,8 @@ import msgspec
 
 from shared.bus import Delivery
 from shared.catalog import Catalog
-from shared.canonical import Usage
-from shared.errors import ErrorInfo, SwitchyardError, UpstreamBadResponse, UpstreamTimeout
+from shared.canonical import ChatResponse, EmbeddingRequest, Usage
+from shared.errors import ErrorInfo, InvalidRequest, SwitchyardError, UpstreamBadResponse, UpstreamTimeout
 from shared.events import (
     AttemptAbandoned,
     AttemptDispatched,
@@ -72,6 +72,9 @@ async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps
     if event.ctx.stream and deps.relay is not None:
         out.append(await stream_attempt(event, delivery, deps, timeout))
         return out
+    if event.ctx.api == "embeddings":
+        out.append(await embed_attempt(event, deps, timeout))
+        return out
     adapter = deps.adapters[target.provider]
     m = deps.metrics
     started = time.perf_counter()
@@ -107,6 +110,43 @@ async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps
                                    target=target, response=response, cost_usd=cost, latency_ms=latency_ms,
                                    history=list(event.history)))
     return out
+
+
+def embedding_input(event: AttemptDispatched) -> EmbeddingRequest:
+    """The client's embedding request, its text inputs taken from the (possibly redacted) prompt messages."""
+    original = event.embedding
+    if original is None:
+        raise InvalidRequest("an embeddings attempt without its embedding request")
+    if isinstance(original.input, str) or (original.input and isinstance(original.input[0], str)):
+        texts = [m.content if isinstance(m.content, str) else "" for m in event.request.messages]
+        return msgspec.structs.replace(original, input=texts if not isinstance(original.input, str) else texts[0])
+    return original  # token ids: nothing to redact
+
+
+async def embed_attempt(event: AttemptDispatched, deps: WorkerDeps, timeout: float) -> Event:
+    """One embeddings call; vectors travel in the terminal event."""
+    target = event.target
+    m = deps.metrics
+    started = time.perf_counter()
+    try:
+        try:
+            result = await asyncio.wait_for(
+                deps.adapters[target.provider].embed(embedding_input(event), target, timeout), timeout)
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"{target.provider} did not answer within {timeout:.1f}s") from None
+    except SwitchyardError as exc:
+        m.attempts.labels(target.provider, exc.info().outcome).inc()
+        return _failed(event, exc.info(), (time.perf_counter() - started) * 1000)
+    latency_ms = (time.perf_counter() - started) * 1000
+    cost = cost_usd(deps.catalog.models[target.model], result.usage)
+    m.attempts.labels(target.provider, "success").inc()
+    m.operation_duration.labels("embeddings", target.provider, target.model, "").observe(latency_ms / 1000)
+    m.token_usage.labels("embeddings", target.provider, target.model, "input").observe(result.usage.prompt_tokens)
+    m.cost.labels(target.provider, target.model).inc(cost)
+    response = ChatResponse(model=result.model or target.upstream_model, choices=[], usage=result.usage)
+    return CompletionSucceeded(event_id=terminal_id(event.request_id), request_id=event.request_id, ctx=event.ctx,
+                               attempt=event.attempt, target=target, response=response, cost_usd=cost,
+                               latency_ms=latency_ms, history=list(event.history), embeddings=result.data)
 
 
 def _failed(event: AttemptDispatched, info: ErrorInfo, latency_ms: float, usage: Usage | None = None,

@@ -13,7 +13,7 @@ import re
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -23,6 +23,9 @@ from shared.events import Target
 SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 CAPABILITIES = frozenset({"tools", "json", "vision", "streaming", "embeddings"})
+# Sensitivity classes, least to most sensitive; a provider receives a class up to its ceiling.
+DATA_CLASSES = ("public", "internal", "confidential", "restricted")
+DataClass = Literal["public", "internal", "confidential", "restricted"]
 
 
 class CatalogError(ValueError):
@@ -50,6 +53,17 @@ class ProviderSpec(_Spec):
     max_in_flight: int = Field(256, ge=1)
     headers: dict[str, str] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
+    self_hosted: bool = Field(False, description="runs on infrastructure the operator controls")
+    max_data_class: DataClass | None = Field(
+        None, description="the most sensitive data class this provider may receive (default: restricted when "
+                          "self-hosted, confidential otherwise)")
+
+    @property
+    def data_class_ceiling(self) -> str:
+        """The most sensitive class this provider may receive; the in-process mock counts as self-hosted."""
+        if self.max_data_class is not None:
+            return self.max_data_class
+        return "restricted" if self.self_hosted or self.type == "mock" else "confidential"
 
     @field_validator("name")
     @classmethod

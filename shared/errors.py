@@ -44,6 +44,8 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     retry_after: float | None = None
     # Error class used by routing and traces: failed, timeout, rate_limited, auth, bad_request, ...
     outcome: str = "failed"
+    # Response headers that go with the error (x-ratelimit-*, which budget refused and when it resets).
+    headers: dict[str, str] | None = None
 
     def body(self) -> dict:
         """OpenAI's error object."""

@@ -14,7 +14,8 @@ Subjects (all captured by one stream, ``sy.evt.>``):
     sy.evt.attempt_failed       AttemptFailed              worker  → router
     sy.evt.attempt_abandoned    AttemptAbandoned           worker  → audit
     sy.evt.cancel               CancelRequested            gateway → audit (jobs)
-    sy.evt.done.<origin>        terminal events            → gateway <origin>, audit
+    sy.evt.done.<origin>        terminal events            → gateway <origin>, audit, policy (settle)
+    sy.evt.budget.<what>        BudgetReserved/Settled/Released/Alert   policy → audit
 
 Streaming chunks are not events: they go over core NATS on
 ``sy.chunk.<request_id>`` and are never stored; a client that disconnects is
@@ -30,7 +31,7 @@ from typing import ClassVar, Literal, Union
 import msgspec
 from msgspec import Struct
 
-from shared.canonical import ChatRequest, ChatResponse, StreamChunk, Usage
+from shared.canonical import ChatRequest, ChatResponse, EmbeddingRequest, StreamChunk, Usage
 from shared.errors import ErrorInfo
 
 SCHEMA_VERSION = 1
@@ -65,6 +66,11 @@ class RequestContext(Struct, frozen=True, kw_only=True, omit_defaults=True):
     job: bool = False
     stream: bool = False
     api: str = "chat.completions"
+    # Set by policy at admission (the gateway leaves them empty); they travel with every later event.
+    data_class: str | None = None  # public / internal / confidential / restricted
+    store_text: bool = False  # the team lets audit keep completion text
+    redactions: dict[str, int] | None = None  # PII kind → count replaced by placeholders (never the values)
+    rate_headers: dict[str, str] | None = None  # x-ratelimit-* as of admission, for the response
 
     def remaining(self, now: float | None = None) -> float:
         return self.deadline - (time.time() if now is None else now)
@@ -106,20 +112,45 @@ class Event(Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
 
 
 class CompletionRequested(Event, frozen=True, kw_only=True, tag=True):
-    """A client asked for a chat completion; the gateway has it durably."""
+    """A client asked for a completion (or embeddings); the gateway has it durably.
+
+    For embeddings (``ctx.api == "embeddings"``) ``request`` carries each text input as a user
+    message, so admission checks and redaction treat it like any prompt; ``embedding`` keeps the
+    client's other parameters.
+    """
 
     request: ChatRequest
+    embedding: EmbeddingRequest | None = None
 
     def subject(self) -> str:
         return "sy.evt.requested"
+
+
+class AdmissionInfo(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What policy decided about a request and why; counts only, never prompt text."""
+
+    decision: str  # admitted / denied
+    reason: str = ""  # the error code of a denial
+    data_class: str | None = None
+    allowed_providers: list[str] | None = None
+    pii_action: str | None = None
+    pii: dict[str, int] = msgspec.field(default_factory=dict)  # kind → count found (redacted or blocked)
+    risk_action: str | None = None
+    risk_score: float | None = None
+    risk_signals: list[str] = msgspec.field(default_factory=list)
+    flagged: bool = False
+    reserved_usd: float = 0.0
+    budgets: list[str] = msgspec.field(default_factory=list)  # budget scopes holding the reservation
 
 
 class RequestAdmitted(Event, frozen=True, kw_only=True, tag=True):
     """Policy let the request through, with the constraints routing must honour."""
 
     request: ChatRequest
+    embedding: EmbeddingRequest | None = None
     allowed_providers: list[str] | None = None
     estimated_prompt_tokens: int = 0
+    admission: AdmissionInfo | None = None
 
     def subject(self) -> str:
         return "sy.evt.admitted"
@@ -129,6 +160,7 @@ class AttemptDispatched(Event, frozen=True, kw_only=True, tag=True):
     """The router sent attempt ``attempt`` to ``target``; ``plan`` holds the candidates still left."""
 
     request: ChatRequest
+    embedding: EmbeddingRequest | None = None
     attempt: int
     target: Target
     plan: list[Target] = msgspec.field(default_factory=list)
@@ -192,6 +224,7 @@ class CompletionSucceeded(Terminal, frozen=True, kw_only=True, tag=True):
     ttft_ms: float | None = None
     history: list[AttemptSummary] = msgspec.field(default_factory=list)
     chunks: int = 0  # streamed requests: chunk messages sent before this event
+    embeddings: list[list[float]] | None = None  # embeddings requests: the vectors, in input order
 
 
 class CompletionFailed(Terminal, frozen=True, kw_only=True, tag=True):
@@ -206,6 +239,7 @@ class RequestDenied(CompletionFailed, frozen=True, kw_only=True, tag=True):
     """Policy refused the request."""
 
     status: ClassVar[str] = "denied"
+    admission: AdmissionInfo | None = None
 
 
 class CompletionCancelled(CompletionFailed, frozen=True, kw_only=True, tag=True):
@@ -218,6 +252,55 @@ class CompletionExpired(CompletionFailed, frozen=True, kw_only=True, tag=True):
     """The request's deadline passed before it finished."""
 
     status: ClassVar[str] = "expired"
+
+
+# ---- budgets: every cent reserved, settled or released is an event ---------------------------
+
+class BudgetReserved(Event, frozen=True, kw_only=True, tag=True):
+    """Admission reserved the request's estimated maximum cost against these budget scopes."""
+
+    amount_usd: float
+    scopes: list[str]
+
+    def subject(self) -> str:
+        return "sy.evt.budget.reserved"
+
+
+class BudgetSettled(Event, frozen=True, kw_only=True, tag=True):
+    """The request ended having cost ``amount_usd``; its reservation is replaced by that spend."""
+
+    amount_usd: float
+    reserved_usd: float
+    scopes: list[str]
+    outcome: str = ""  # the terminal status (or ``charged`` for a billed attempt seen after the end)
+
+    def subject(self) -> str:
+        return "sy.evt.budget.settled"
+
+
+class BudgetReleased(Event, frozen=True, kw_only=True, tag=True):
+    """The reservation was given back unspent (the request failed, was denied, cancelled or expired)."""
+
+    reserved_usd: float
+    scopes: list[str]
+    reason: str
+
+    def subject(self) -> str:
+        return "sy.evt.budget.released"
+
+
+class BudgetAlert(Event, frozen=True, kw_only=True, tag=True):
+    """A budget's spend crossed a soft threshold; sent once per budget, period and threshold."""
+
+    scope: str
+    period: str  # daily / monthly
+    period_key: str  # e.g. 2025-01-31 / 2025-01
+    threshold: float
+    spent_usd: float
+    limit_usd: float
+
+    def subject(self) -> str:
+        return "sy.evt.budget.alert"
 
 
 class ChunkMessage(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -246,6 +329,10 @@ AnyEvent = Union[
     RequestDenied,
     CompletionCancelled,
     CompletionExpired,
+    BudgetReserved,
+    BudgetSettled,
+    BudgetReleased,
+    BudgetAlert,
 ]
 
 TerminalEvent = Union[CompletionSucceeded, CompletionFailed, RequestDenied, CompletionCancelled, CompletionExpired]

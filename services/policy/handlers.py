@@ -78,4 +78,5 @@ def admit(event: CompletionRequested, deps: PolicyDeps) -> list[Event]:
         return [RequestDenied(event_id=terminal_id(event.request_id), request_id=event.request_id, ctx=event.ctx,
                               error=exc.info())]
     return [RequestAdmitted(event_id=f"{event.request_id}.admitted", request_id=event.request_id, ctx=event.ctx,
-                            request=request, estimated_prompt_tokens=estimate_prompt_tokens(request))]
+                            request=request, embedding=event.embedding,
+                            estimated_prompt_tokens=estimate_prompt_tokens(request))]

@@ -37,7 +37,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from shared.errors import ServiceUnavailable, SwitchyardError
@@ -69,6 +69,11 @@ class Subscription:
     durable: str
     subjects: tuple[str, ...]
     settings: ConsumerSettings = field(default_factory=ConsumerSettings)
+    # One ack covers every earlier message: for in-order batch consumers (one ack per batch).
+    ack_all: bool = False
+    # Safe to recreate and replay from the start (an idempotent reader such as audit) when its
+    # configuration changes in a way JetStream cannot update in place.
+    replayable: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,7 @@ class Bus:
             durable_name=sub.durable,
             filter_subjects=list(sub.subjects) if len(sub.subjects) > 1 else None,
             filter_subject=sub.subjects[0] if len(sub.subjects) == 1 else None,
-            ack_policy=AckPolicy.EXPLICIT,
+            ack_policy=AckPolicy.ALL if sub.ack_all else AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=cs.ack_wait_s,
             max_deliver=cs.max_deliver,
@@ -168,8 +173,17 @@ class Bus:
         )
         try:
             await self.js.add_consumer(self.settings.stream, cfg)
-        except BadRequestError as exc:  # exists with another shape: update in place
-            log.info("updating consumer %s: %s", sub.durable, exc)
+        except APIError as exc:
+            if "can not be updated" not in (exc.description or "") and "cannot be updated" not in (exc.description or ""):
+                raise
+            if not sub.replayable:
+                raise RuntimeError(
+                    f"consumer {sub.durable!r} exists with a configuration that cannot be updated in place "
+                    f"({exc.description}); replaying it could re-run old requests, so delete it deliberately "
+                    f"(nats consumer rm {self.settings.stream} {sub.durable}) if that is what you want") from exc
+            log.warning("recreating consumer %s (it replays from the start; it is idempotent): %s",
+                        sub.durable, exc.description)
+            await self.js.delete_consumer(self.settings.stream, sub.durable)
             await self.js.add_consumer(self.settings.stream, cfg)
 
     async def kv(self, bucket: Bucket) -> KeyValue:
@@ -326,13 +340,13 @@ class Bus:
                 msgs, buffer[:] = buffer[: cs.batch], buffer[cs.batch:]
                 if not buffer:
                     arrived.clear()
-                await self._handle_batch(service, msgs, handler)
+                await self._handle_batch(service, sub, msgs, handler)
                 for _ in msgs:
                     pull.done()
         finally:
             await pull.stop()
 
-    async def _handle_batch(self, service: str, msgs: list[Msg], handler: BatchHandler) -> None:
+    async def _handle_batch(self, service: str, sub: Subscription, msgs: list[Msg], handler: BatchHandler) -> None:
         items = []
         for msg in msgs:
             event = self._decode(msg)
@@ -354,7 +368,11 @@ class Bus:
             await asyncio.gather(*(_quiet(d.msg.nak(delay=backoff(d.num_delivered))) for _, d in items))
             metrics.events.labels(service, "batch", "nak").inc(len(items))
             return
-        await asyncio.gather(*(_quiet(d.msg.ack()) for _, d in items))
+        if sub.ack_all:
+            # Batches are handled in delivery order, so acking the last message acks the whole batch.
+            await _quiet(msgs[-1].ack())
+        else:
+            await asyncio.gather(*(_quiet(d.msg.ack()) for _, d in items))
         metrics.events.labels(service, "batch", "ack").inc(len(items))
         metrics.handler_duration.labels(service, "batch").observe(time.perf_counter() - started)
 

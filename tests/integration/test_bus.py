@@ -103,3 +103,20 @@ async def test_job_records_only_move_forward(bus):
     assert (await get_job(kv, "job_1")).status == "completed"
     await advance_job(kv, "job_1", lambda cur: msgspec.structs.replace(base, status="cancelled"))
     assert (await get_job(kv, "job_1")).status == "completed"
+
+
+async def test_consumer_shape_changes(bus):
+    settings = ConsumerSettings()
+    await bus.ensure_consumer(Subscription("t-shape", ("sy.evt.requested",), settings))
+    # An ack-policy change cannot be made in place: refused for ordinary consumers ...
+    with pytest.raises(RuntimeError, match="cannot be updated in place"):
+        await bus.ensure_consumer(Subscription("t-shape", ("sy.evt.requested",), settings, ack_all=True))
+    # ... and recreated for replayable (idempotent) ones.
+    await bus.ensure_consumer(Subscription("t-shape", ("sy.evt.requested",), settings, ack_all=True,
+                                           replayable=True))
+    info = await bus.js.consumer_info(bus.settings.stream, "t-shape")
+    assert info.config.ack_policy.value == "all"
+    # A change JetStream can apply in place (ack wait) is just applied.
+    await bus.ensure_consumer(Subscription("t-shape", ("sy.evt.requested",),
+                                           ConsumerSettings(ack_wait_s=7), ack_all=True, replayable=True))
+    assert (await bus.js.consumer_info(bus.settings.stream, "t-shape")).config.ack_wait == 7

@@ -1,0 +1,1 @@
+"""Provider adapter tests: translation, parsing, fake upstreams over HTTP, the Anthropic ingress."""

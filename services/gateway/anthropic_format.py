@@ -31,12 +31,12 @@ document URLs, images inside tool results.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
+from services.gateway.handlers import decode_body
 from shared.canonical import (
     ChatRequest,
     ChatResponse,
@@ -47,9 +47,8 @@ from shared.canonical import (
     ToolCall,
     Usage,
 )
-from shared.errors import ErrorInfo, InvalidRequest, PayloadTooLarge
+from shared.errors import ErrorInfo, InvalidRequest
 
-_PATH = re.compile(r"at `\$(.*)`")
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                 "content_filter": "refusal"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
@@ -165,19 +164,7 @@ _encoder = msgspec.json.Encoder()
 
 
 def _decode(body: bytes, max_bytes: int) -> MessagesRequest:
-    if len(body) > max_bytes:
-        raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
-    if not body.strip():
-        raise InvalidRequest("request body is empty; expected a JSON Messages request")
-    try:
-        return _decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        m = _PATH.search(text)
-        param = m.group(1).lstrip(".") if m else None
-        raise InvalidRequest(text.split(" - at ")[0], param=param or None) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    return decode_body(body, _decoder, max_bytes, "Messages request")
 
 
 def _refuse(param: str, what: str) -> InvalidRequest:

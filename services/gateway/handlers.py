@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Any
+from typing import Any, Mapping
 
 import msgspec
 
@@ -29,14 +29,14 @@ def new_request_id() -> str:
     return "req_" + uuid.uuid4().hex
 
 
-def parse_chat_request(body: bytes, max_bytes: int) -> ChatRequest:
-    """Decode and validate an OpenAI chat request; errors name the offending parameter."""
+def decode_body(body: bytes, decoder: msgspec.json.Decoder, max_bytes: int, what: str):
+    """Decode and validate a JSON request body; errors name the offending parameter."""
     if len(body) > max_bytes:
         raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
     if not body.strip():
-        raise InvalidRequest("request body is empty; expected a JSON chat completion request")
+        raise InvalidRequest(f"request body is empty; expected a JSON {what}")
     try:
-        return _request_decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         text = str(exc)
         m = _PATH.search(text)
@@ -44,6 +44,11 @@ def parse_chat_request(body: bytes, max_bytes: int) -> ChatRequest:
         raise InvalidRequest(text.split(" - at ")[0], param=param or None) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def parse_chat_request(body: bytes, max_bytes: int) -> ChatRequest:
+    """An OpenAI chat completion request."""
+    return decode_body(body, _request_decoder, max_bytes, "chat completion request")
 
 
 def timeout_for(header: str | None, default_s: float, max_s: float) -> float:
@@ -71,21 +76,34 @@ def completion_requested(request: ChatRequest, principal: Principal, *, request_
                                request=request, embedding=embedding)
 
 
+ROUTING_HEADER_PREFIX = "x-switchyard-"
+NOT_ROUTING = frozenset({"x-switchyard-timeout"})  # read by the gateway itself
+MAX_ROUTING_HEADERS = 32
+
+
+def with_routing_headers(request: ChatRequest, headers: Mapping[str, str]) -> ChatRequest:
+    """Copy the client's ``x-switchyard-*`` headers into ``switchyard.headers`` for the router.
+
+    The router reads routing hints from them (``x-switchyard-task``, ``-preference``, ``-max-cost-usd`` ...;
+    the body's own hints win) and routes may match on them. Only this prefix travels: no credentials.
+    """
+    found = {k.lower(): v[:256] for k, v in headers.items()
+             if k.lower().startswith(ROUTING_HEADER_PREFIX) and k.lower() not in NOT_ROUTING}
+    if not found:
+        return request
+    if len(found) > MAX_ROUTING_HEADERS:
+        raise InvalidRequest(f"at most {MAX_ROUTING_HEADERS} x-switchyard-* headers")
+    ext = dict(request.switchyard or {})
+    ext["headers"] = {**found, **(ext.get("headers") or {})}
+    return msgspec.structs.replace(request, switchyard=ext)
+
+
 MAX_EMBEDDING_INPUTS = 2048
 
 
 def parse_embedding_request(body: bytes, max_bytes: int) -> EmbeddingRequest:
     """Decode an OpenAI embeddings request: one text, a list of texts, token ids or lists of token ids."""
-    if len(body) > max_bytes:
-        raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
-    try:
-        req = _embedding_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        m = _PATH.search(str(exc))
-        raise InvalidRequest(str(exc).split(" - at ")[0], param=(m.group(1).lstrip(".") if m else None) or None) \
-            from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    req = decode_body(body, _embedding_decoder, max_bytes, "embeddings request")
     inp = req.input
     if isinstance(inp, list):
         if not inp:

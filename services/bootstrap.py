@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from services.settings import Settings
-from shared.auth import KeyEntry, KeyRing, generate_key
+from shared.auth import KeyEntry, KeyLimits, KeyStore, generate_key
 from shared.bus import Bus
 from shared.catalog import Catalog, load_catalog
 from shared.telemetry import Telemetry
@@ -34,6 +34,7 @@ MODULES: dict[str, str] = {
     "audit": "services.audit.service",
 }
 ALL = ("audit", "policy", "router", "worker", "gateway")
+KEY_USERS = ("gateway", "policy")  # the targets that authenticate keys
 
 
 @dataclass
@@ -44,7 +45,7 @@ class Deps:
     telemetry: Telemetry
     bus: Bus
     catalog: Catalog
-    keyring: KeyRing
+    keyring: KeyStore
     targets: list[str]
     ready: dict[str, bool] = field(default_factory=dict)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -71,16 +72,25 @@ def parse_targets(spec: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def build_keyring(settings: Settings) -> tuple[KeyRing, str | None]:
-    """Keys from configuration; when no admin key is set one is generated (and returned to be printed once)."""
-    entries = [KeyEntry(key=k, tenant=v.tenant, team=v.team, role=v.role) for k, v in settings.api_keys.items()]
+def build_keyring(settings: Settings) -> tuple[KeyStore, str | None]:
+    """The key store, seeded with the configured keys; when no admin key is set one is generated (and returned
+    to be printed once). The configured admin key is the operator's: it may manage every tenant."""
+    entries = []
+    for k, v in settings.api_keys.items():
+        limits = getattr(v, "limits", None)
+        entries.append(KeyEntry(
+            key=k, tenant=v.tenant, team=v.team, role=v.role, name="configured",
+            expires_at=getattr(v, "expires_at", None), allowed_models=getattr(v, "allowed_models", None),
+            allowed_providers=getattr(v, "allowed_providers", None),
+            limits=KeyLimits(**limits) if isinstance(limits, dict) else limits))
     generated = None
     if settings.admin_key is not None:
         admin = settings.admin_key.get_secret_value()
     else:
         admin, generated = _local_admin_key(Path(settings.data_dir))
-    entries.append(KeyEntry(key=admin, tenant="default", team="default", role="admin"))
-    return KeyRing(settings.key_secret.get_secret_value().encode(), entries), generated
+    entries.append(KeyEntry(key=admin, tenant="default", team="default", role="admin", operator=True,
+                            name="configured admin"))
+    return KeyStore(settings.key_secret.get_secret_value().encode(), entries), generated
 
 
 def _local_admin_key(data_dir: Path) -> tuple[str, str | None]:
@@ -109,6 +119,8 @@ async def build(settings: Settings, targets: list[str]) -> Deps:
     await bus.ensure_stream()
     catalog = load_catalog(settings.catalog_path)
     keyring, generated = build_keyring(settings)
+    if any(t.split(":", 1)[0] in KEY_USERS for t in targets):
+        await keyring.start(bus)  # seeds the configured keys into KV and keeps a watched index of all keys
     if generated and any(t.startswith("gateway") for t in targets):
         # Printed once so a developer can call the API; set SWITCHYARD_ADMIN_KEY to choose it.
         print(f"switchyard: generated admin key (kept in {settings.data_dir}/admin.key; set SWITCHYARD_ADMIN_KEY "

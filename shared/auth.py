@@ -1,19 +1,68 @@
-"""Who is calling: API keys resolved to a principal (tenant, team, role).
+"""Who is calling: API keys resolved to a principal (tenant, team, role), kept in JetStream KV.
 
-Until the governance work moves keys into JetStream KV, keys come from
-configuration. Keys are never kept or logged in clear: the ring stores
-``HMAC-SHA256(secret, key)`` and compares in constant time.
+Keys are never stored, logged or compared in clear. The ``sy_keys`` bucket holds
+one entry per key, named by the key id, whose value is a ``KeyRecord``:
+
+    <key_id>  →  {hash: HMAC-SHA256(server secret, key), tenant, team, role,
+                  prefix, last4, expires_at, revoked_at, allowed_models,
+                  allowed_providers, limits, ...}
+
+The key id is the first 16 hex digits of the hash, so a configured key keeps
+its id (and its ledger rows their attribution) across restarts.
+
+Every process that authenticates keeps a local index (hash → record) fresh
+with a KV watch: ``authenticate`` stays synchronous and a revocation reaches
+every replica as fast as NATS delivers the watch update (milliseconds; the
+contract is one second). Policy re-reads the record from KV at admission
+(``fetch``), so a key revoked a moment ago is refused there even if a watch
+lags, and an unreachable KV denies rather than admits.
+
+Keys given in configuration (``SWITCHYARD_ADMIN_KEY``, ``SWITCHYARD_API_KEYS``)
+are seeded into the bucket at start: created when missing, their attributes
+brought in line with the configuration when they changed. A configured key
+revoked through the admin API stays revoked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
+import re
 import secrets
+import time
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import TYPE_CHECKING, Annotated, Callable, Iterable, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from shared.errors import ServiceUnavailable
+
+if TYPE_CHECKING:  # the bus imports events, events import errors: keep auth importable on its own
+    from nats.js.kv import KeyValue
+
+    from shared.bus import Bus
+
+log = logging.getLogger("switchyard.auth")
 
 Role = Literal["admin", "member", "viewer"]
+ROLES = ("admin", "member", "viewer")
+# Tenants, teams and key ids end up in KV keys and NATS subjects: one safe alphabet for all of them.
+SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SAFE_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
+MAX_KEY_LENGTH = 256
+KEYS_BUCKET = "sy_keys"
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` if it is a safe tenant/team name, else ValueError naming ``what``."""
+    if not isinstance(value, str) or not SAFE_NAME.match(value):
+        raise ValueError(f"{what} {value!r} must be 1-63 lowercase letters, digits, '-' or '_' "
+                         f"(it becomes part of KV keys and NATS subjects)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -24,45 +73,362 @@ class Principal:
     tenant: str
     team: str
     role: Role = "member"
+    operator: bool = False  # may manage every tenant (the configured admin key)
+
+
+class KeyLimits(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A key's own limits, applied on top of its team's."""
+
+    rpm: Annotated[int, Meta(ge=1)] | None = None
+    tpm: Annotated[int, Meta(ge=1)] | None = None
+    daily_usd: Annotated[float, Meta(ge=0)] | None = None
+    monthly_usd: Annotated[float, Meta(ge=0)] | None = None
+
+
+class KeyRecord(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A key as stored: its HMAC and attributes, never the key itself."""
+
+    id: str
+    hash: str
+    tenant: str
+    team: str
+    role: Role = "member"
+    prefix: str = ""
+    last4: str = ""
+    name: str = ""
+    created_at: float = 0.0
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    allowed_models: list[str] | None = None
+    allowed_providers: list[str] | None = None
+    limits: KeyLimits | None = None
+    operator: bool = False
+    source: str = "api"  # api / config
+    rotated_from: str | None = None
+    rotated_to: str | None = None
+
+    def active(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def principal(self) -> Principal:
+        return Principal(key_id=self.id, tenant=self.tenant, team=self.team, role=self.role, operator=self.operator)
+
+    def public(self, now: float | None = None) -> dict:
+        """The key as the admin API lists it: prefix and last four characters, never the hash."""
+        now = time.time() if now is None else now
+        status = "revoked" if self.revoked_at is not None else (
+            "expired" if self.expires_at is not None and now >= self.expires_at else "active")
+        return {
+            "object": "api_key", "id": self.id, "tenant": self.tenant, "team": self.team, "role": self.role,
+            "name": self.name, "display": f"{self.prefix}…{self.last4}", "prefix": self.prefix, "last4": self.last4,
+            "status": status, "created_at": self.created_at, "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at, "allowed_models": self.allowed_models,
+            "allowed_providers": self.allowed_providers,
+            "limits": msgspec.to_builtins(self.limits) if self.limits else None,
+            "operator": self.operator, "source": self.source,
+            "rotated_from": self.rotated_from, "rotated_to": self.rotated_to,
+        }
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(KeyRecord).decode
 
 
 @dataclass(frozen=True)
 class KeyEntry:
-    """A configured key (the secret itself is hashed on load)."""
+    """A key given in configuration (hashed on load)."""
 
     key: str
     tenant: str = "default"
     team: str = "default"
     role: Role = "member"
+    operator: bool = False
+    name: str = ""
+    expires_at: float | None = None
+    allowed_models: list[str] | None = None
+    allowed_providers: list[str] | None = None
+    limits: KeyLimits | None = None
 
 
 def generate_key(prefix: str = "sk-sy-") -> str:
     return prefix + secrets.token_urlsafe(32)
 
 
-class KeyRing:
-    """Looks keys up by their HMAC; holds no clear-text key."""
+def display_parts(key: str) -> tuple[str, str]:
+    """Prefix and tail shown in listings; short keys show less so most of a key is never displayed."""
+    if len(key) >= 24:
+        return key[:7], key[-4:]
+    return key[: len(key) // 4], key[-(len(key) // 6):] if len(key) >= 6 else ""
 
-    def __init__(self, secret: bytes, entries: Iterable[KeyEntry]) -> None:
+
+class KeyRing:
+    """The read side every key source offers: an in-memory index of records by hash and by id.
+
+    ``KeyStore`` keeps one fresh from KV; unit tests build one directly from ``KeyEntry``s.
+    """
+
+    def __init__(self, secret: bytes, entries: Iterable[KeyEntry] = (), clock: Callable[[], float] = time.time):
         self._secret = secret
-        self._by_hash: dict[str, Principal] = {}
+        self._clock = clock
+        self._by_hash: dict[str, KeyRecord] = {}
+        self._by_id: dict[str, KeyRecord] = {}
         for e in entries:
-            h = self.hash(e.key)
-            self._by_hash[h] = Principal(key_id=h[:16], tenant=e.tenant, team=e.team, role=e.role)
-        self._by_id = {p.key_id: p for p in self._by_hash.values()}
+            self._index(self.record_for(e, source="config"))
 
     def hash(self, key: str) -> str:
         return hmac.new(self._secret, key.encode(), hashlib.sha256).hexdigest()
 
+    def record_for(self, e: KeyEntry, *, source: str = "api", created_at: float | None = None,
+                   rotated_from: str | None = None) -> KeyRecord:
+        h = self.hash(e.key)
+        prefix, last4 = display_parts(e.key)
+        return KeyRecord(id=h[:16], hash=h, tenant=check_name(e.tenant, "tenant"), team=check_name(e.team, "team"),
+                         role=e.role, prefix=prefix, last4=last4, name=e.name,
+                         created_at=self._clock() if created_at is None else created_at, expires_at=e.expires_at,
+                         allowed_models=e.allowed_models, allowed_providers=e.allowed_providers, limits=e.limits,
+                         operator=e.operator, source=source, rotated_from=rotated_from)
+
+    def _index(self, record: KeyRecord) -> None:
+        old = self._by_id.get(record.id)
+        if old is not None and old.hash != record.hash:
+            self._by_hash.pop(old.hash, None)
+        self._by_id[record.id] = record
+        self._by_hash[record.hash] = record
+
+    def _forget(self, key_id: str) -> None:
+        old = self._by_id.pop(key_id, None)
+        if old is not None:
+            self._by_hash.pop(old.hash, None)
+
     def authenticate(self, key: str | None) -> Principal | None:
-        if not key or len(key) > 256:
+        """The principal of an active key; None for a missing, malformed, unknown, revoked or expired one."""
+        if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
             return None
         h = self.hash(key)
-        for known, principal in self._by_hash.items():
-            # Constant-time comparison; the ring is small until keys move to KV.
-            if hmac.compare_digest(known, h):
-                return principal
-        return None
+        record = self._by_hash.get(h)
+        # The dict finds the candidate; the comparison that decides is constant-time.
+        if record is None or not hmac.compare_digest(record.hash, h) or not record.active(self._clock()):
+            return None
+        return record.principal()
 
     def by_id(self, key_id: str) -> Principal | None:
+        """The principal of an active key by its id (from the local index)."""
+        record = self._by_id.get(key_id)
+        return record.principal() if record is not None and record.active(self._clock()) else None
+
+    def record(self, key_id: str) -> KeyRecord | None:
+        """The stored record of a key in any state (from the local index)."""
         return self._by_id.get(key_id)
+
+    async def fetch(self, key_id: str) -> KeyRecord | None:
+        """The record as stored now (the in-memory ring has nothing fresher than its index)."""
+        return self._by_id.get(key_id)
+
+    def list(self, tenant: str, team: str | None = None) -> list[KeyRecord]:
+        return sorted((r for r in self._by_id.values() if r.tenant == tenant and (team is None or r.team == team)),
+                      key=lambda r: (r.created_at, r.id))
+
+    def teams(self, tenant: str) -> set[str]:
+        """Teams that have at least one key."""
+        return {r.team for r in self._by_id.values() if r.tenant == tenant}
+
+
+class KeyStore(KeyRing):
+    """Keys in JetStream KV, with a watched local index so every replica sees changes within a second."""
+
+    RESYNC_S = 60.0  # a fresh watch (full reload) this often, should a watch ever stall unnoticed
+
+    def __init__(self, secret: bytes, seed: Iterable[KeyEntry] = (), clock: Callable[[], float] = time.time):
+        super().__init__(secret, (), clock)
+        self._seed = list(seed)
+        for e in self._seed:  # refuse a bad configuration at start, before anything connects
+            check_name(e.tenant, "tenant")
+            check_name(e.team, "team")
+        self._kv: KeyValue | None = None
+        self._synced = asyncio.Event()
+        self.started = False
+
+    async def start(self, bus: "Bus", timeout: float = 10.0) -> None:
+        """Open the bucket, seed the configured keys, load every key and keep watching."""
+        from shared.bus import Bucket
+
+        self._kv = await bus.kv(Bucket(KEYS_BUCKET, history=1, description="API keys: HMACs and attributes"))
+        for entry in self._seed:
+            await self._seed_one(entry)
+        bus.start(self._watch())
+        await asyncio.wait_for(self._synced.wait(), timeout)
+        self.started = True
+
+    async def _seed_one(self, entry: KeyEntry) -> None:
+        wanted = self.record_for(entry, source="config")
+        for _ in range(10):
+            try:
+                current = await self._kv.get(wanted.id)
+            except KeyNotFoundError:
+                try:
+                    await self._kv.create(wanted.id, _encode(wanted))
+                    return
+                except KeyWrongLastSequenceError:
+                    continue  # another replica seeded it first
+            else:
+                stored = _decode(current.value)
+                merged = msgspec.structs.replace(wanted, created_at=stored.created_at, revoked_at=stored.revoked_at,
+                                                 rotated_to=stored.rotated_to)
+                if stored.source != "config" or merged == stored:
+                    return
+                try:
+                    await self._kv.update(wanted.id, _encode(merged), last=current.revision)
+                    return
+                except KeyWrongLastSequenceError:
+                    continue
+        raise ServiceUnavailable(f"could not seed configured key {wanted.id}")
+
+    async def _watch(self) -> None:
+        """Follow the bucket: a full load first (swapped in at once), then every change as it happens."""
+        while True:
+            watcher = None
+            try:
+                watcher = await self._kv.watchall()
+                fresh: dict[str, KeyRecord] | None = {}
+                loop = asyncio.get_running_loop()
+                renew_at = loop.time() + self.RESYNC_S
+                while loop.time() < renew_at:
+                    try:
+                        entry = await watcher.updates(timeout=max(0.1, renew_at - loop.time()))
+                    except Exception:  # noqa: BLE001 - nats TimeoutError: nothing changed; maybe renew
+                        continue
+                    if entry is None:  # the initial values are all in
+                        if fresh is not None:
+                            self._by_id, self._by_hash = fresh, {r.hash: r for r in fresh.values()}
+                            fresh = None
+                            self._synced.set()
+                        continue
+                    if fresh is not None:
+                        self._apply_to(fresh, entry)
+                    else:
+                        self._apply(entry)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - watch again after a pause
+                log.warning("key watch failed, restarting: %r", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                if watcher is not None:
+                    try:
+                        await watcher.stop()
+                    except Exception:  # noqa: BLE001 - the connection may be gone
+                        pass
+
+    @staticmethod
+    def _apply_to(index: dict[str, KeyRecord], entry) -> None:
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            index.pop(entry.key, None)
+            return
+        try:
+            record = _decode(entry.value)
+        except msgspec.DecodeError:
+            log.error("undecodable key record %s", entry.key)
+            return
+        index[record.id] = record
+
+    def _apply(self, entry) -> None:
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self._forget(entry.key)
+            return
+        try:
+            self._index(_decode(entry.value))
+        except msgspec.DecodeError:
+            log.error("undecodable key record %s", entry.key)
+
+    # ---- reads straight from KV ------------------------------------------------------------
+
+    async def fetch(self, key_id: str) -> KeyRecord | None:
+        """The record as stored now; raises ServiceUnavailable when KV cannot answer (fail closed)."""
+        if not SAFE_KEY_ID.match(key_id or ""):
+            return None
+        entry = await _kv_get(self._kv, key_id)
+        return _decode(entry.value) if entry is not None else None
+
+    # ---- writes (admin API) ----------------------------------------------------------------
+
+    async def create(self, entry: KeyEntry, rotated_from: str | None = None) -> KeyRecord:
+        """Store a new key (``entry.key`` is the clear key, shown to its owner once and never kept)."""
+        record = self.record_for(entry, rotated_from=rotated_from)
+        try:
+            await self._kv.create(record.id, _encode(record))
+        except KeyWrongLastSequenceError:
+            raise ValueError("a key with this hash exists already") from None
+        except Exception as exc:  # noqa: BLE001 - KV down: the caller answers 503
+            raise ServiceUnavailable("the key store is unavailable") from exc
+        self._index(record)  # read-your-writes here; other replicas get it from the watch
+        return record
+
+    async def change(self, key_id: str, fn: Callable[[KeyRecord], KeyRecord | None]) -> KeyRecord | None:
+        """Compare-and-set ``fn`` over the stored record; None when there is no such key."""
+        for _ in range(20):
+            entry = await _kv_get(self._kv, key_id)
+            if entry is None:
+                return None
+            current = _decode(entry.value)
+            new = fn(current)
+            if new is None or new == current:
+                return current
+            try:
+                await self._kv.update(key_id, _encode(new), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+            except Exception as exc:  # noqa: BLE001
+                raise ServiceUnavailable("the key store is unavailable") from exc
+            self._index(new)
+            return new
+        raise ServiceUnavailable(f"key {key_id} is being changed concurrently; try again")
+
+    async def revoke(self, key_id: str) -> KeyRecord | None:
+        now = self._clock()
+        return await self.change(key_id, lambda r: r if r.revoked_at is not None else
+                                 msgspec.structs.replace(r, revoked_at=now))
+
+    async def rotate(self, key_id: str, grace_s: float = 0.0) -> tuple[str, KeyRecord] | None:
+        """A new key with the same attributes; the old one is revoked now, or expires after ``grace_s``."""
+        old = await self.fetch(key_id)
+        if old is None:
+            return None
+        if not old.active(self._clock()):
+            raise ValueError("only an active key can be rotated")
+        clear = generate_key()
+        new = await self.create(KeyEntry(key=clear, tenant=old.tenant, team=old.team, role=old.role,
+                                         operator=old.operator, name=old.name, expires_at=old.expires_at,
+                                         allowed_models=old.allowed_models,
+                                         allowed_providers=old.allowed_providers, limits=old.limits),
+                                rotated_from=old.id)
+        now = self._clock()
+
+        def retire(r: KeyRecord) -> KeyRecord:
+            if grace_s <= 0:
+                return msgspec.structs.replace(r, rotated_to=new.id, revoked_at=r.revoked_at or now)
+            ends = now + grace_s if r.expires_at is None else min(r.expires_at, now + grace_s)
+            return msgspec.structs.replace(r, rotated_to=new.id, expires_at=ends)
+
+        await self.change(key_id, retire)
+        return clear, new
+
+
+async def _kv_get(kv: "KeyValue | None", key: str):
+    """A KV entry, or None when the key does not exist; ServiceUnavailable when the bucket cannot answer.
+
+    nats-py reports a missing *bucket* with the same KeyNotFoundError as a missing key; the
+    underlying JetStream error code tells them apart (10037: no message; 10059: no stream).
+    """
+    if kv is None:
+        raise ServiceUnavailable("the key store is not started")
+    try:
+        return await kv.get(key)
+    except KeyNotFoundError as exc:
+        cause = exc.__context__
+        code = getattr(cause, "err_code", None)
+        if cause is None or code == 10037 or type(cause).__name__ == "KeyDeletedError":
+            return None
+        raise ServiceUnavailable("the key store is unavailable") from exc
+    except Exception as exc:  # noqa: BLE001 - timeouts, no responders, a closed connection
+        raise ServiceUnavailable("the key store is unavailable") from exc

@@ -6,6 +6,7 @@ that map a handler's outcome to the acknowledgement:
 
     handler returned events   → publish them (awaiting PubAck), then ack
     retryable error           → nak with backoff (redelivered later)
+    Defer(delay_s)            → nak with that delay (a planned wait, not a failure)
     non-retryable error       → term (the message is given up)
     last delivery still fails → ``on_poison`` turns it into terminal events, then term
 
@@ -40,7 +41,7 @@ from nats.js.api import (
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from shared.errors import ServiceUnavailable, SwitchyardError
+from shared.errors import Defer, ServiceUnavailable, SwitchyardError
 from shared.events import STREAM_SUBJECTS, AnyEvent, Event, decoder, encoder
 from shared.settings import ConsumerSettings, NatsSettings
 from shared.telemetry import Telemetry
@@ -294,6 +295,12 @@ class Bus:
                               exc: BaseException, on_poison: PoisonHandler | None) -> str:
         retryable = exc.retryable if isinstance(exc, SwitchyardError) else True
         last = msg.metadata.num_delivered >= sub.settings.max_deliver
+        if isinstance(exc, Defer) and not last:
+            # A planned wait (backoff, Retry-After): the message comes back after exactly this delay.
+            log.debug("%s: %s for %s deferred %.3fs: %s", service, type(event).__name__, event.request_id,
+                      exc.delay_s, exc.message)
+            await _quiet(msg.nak(delay=exc.delay_s))
+            return "defer"
         if retryable and not last:
             log.warning("%s: %s for %s failed (delivery %d), will retry: %r", service, type(event).__name__,
                         event.request_id, msg.metadata.num_delivered, exc)

@@ -17,14 +17,17 @@
     │   ├── UpstreamTimeout            the provider did not answer in time
     │   ├── UpstreamAuthFailed         provider 401/403: our credentials are wrong; fall back
     │   └── UpstreamBadResponse        unparseable / cut response
-    └── InternalError                  our own fault or an unavailable dependency
-        ├── ServiceUnavailable         503 (a store or the bus could not be reached)
-        └── DeadlineExceeded           504 the request's deadline passed
+    ├── InternalError                  our own fault or an unavailable dependency
+    │   ├── ServiceUnavailable         503 (a store or the bus could not be reached)
+    │   └── DeadlineExceeded           504 the request's deadline passed
+    └── Defer                          not a failure: handle the message again after ``delay_s``
 
 Two questions decide everything at a boundary: *may the client see the
 message?* (``public``) and *may the work be tried again?* (``retryable``).
 The bus maps a handler's exception to ack / nak(delay) / term from
-``retryable``; the gateway maps any error to OpenAI's error object with
+``retryable`` (``Defer`` is a nak with exactly its delay, not counted as a
+failure: a handler waits for a backoff or a ``Retry-After`` without holding
+anything); the gateway maps any error to OpenAI's error object with
 ``status`` / ``type`` / ``code``.
 """
 
@@ -240,6 +243,16 @@ class DeadlineExceeded(InternalError):
     outcome = "timeout"
     public = True
     retryable = False
+
+
+class Defer(SwitchyardError):
+    """Come back later: the bus redelivers the message after ``delay_s`` (a backoff, a Retry-After)."""
+
+    retryable = True
+
+    def __init__(self, delay_s: float, reason: str = "") -> None:
+        super().__init__(reason or f"deferred for {delay_s:.3f}s")
+        self.delay_s = max(0.0, float(delay_s))
 
 
 def error_info(exc: BaseException) -> ErrorInfo:

@@ -26,7 +26,7 @@ through the stream, with the number of chunks the gateway should have seen.
 from __future__ import annotations
 
 import time
-from typing import ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import msgspec
 from msgspec import Struct
@@ -94,6 +94,70 @@ class AttemptSummary(Struct, frozen=True, kw_only=True, omit_defaults=True):
     model: str
     outcome: str
     message: str = ""
+    latency_ms: float = 0.0
+    kind: str = ""  # first / fallback / retry / last_resort
+    breaker_state: str = ""  # the deployment's breaker when the attempt was decided
+    retry_after: float | None = None  # what the provider asked for, when it did
+
+
+# ---- routing decisions: why a request went where it went (carried to the response and the trace) ----
+
+class CandidateView(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One candidate deployment as the router saw it: its estimates and scores, or why it was excluded."""
+
+    deployment: str
+    provider: str
+    model: str
+    excluded: str | None = None  # reason code: circuit_open, capability, context_window, max_cost, policy, ...
+    detail: str = ""  # the exclusion in words
+    rank: int | None = None  # position in the plan (1: chosen first)
+    score: float | None = None  # weighted total, eligible candidates only
+    scores: dict[str, float] = msgspec.field(default_factory=dict)  # cost/latency/quality/availability in [0, 1]
+    est_cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    latency_source: str = "prior"  # prior / observed
+    quality: float = 0.0
+    error_rate: float = 0.0
+    breaker: str = "closed"
+    in_flight: int = 0
+    sampled: dict[str, float] | None = None  # the bandit's draws for this candidate
+
+
+class Baseline(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The most expensive eligible candidate: what savings are measured against."""
+
+    model: str
+    input_per_mtok: float
+    output_per_mtok: float
+    cached_input_per_mtok: float | None = None
+    est_cost_usd: float = 0.0
+
+
+class RoutingDecision(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Why the router chose what it chose: the same object on every attempt, the response and the trace."""
+
+    mode: str  # model / alias / auto / route
+    requested: str  # the model name the client sent
+    strategy: str = "score"  # score / chain / bandit
+    selected: str = ""  # deployment of the first attempt
+    reason: str = ""
+    preference: str | None = None
+    weights: dict[str, float] = msgspec.field(default_factory=dict)
+    task: str | None = None
+    task_source: str | None = None  # hint / route / classifier / default
+    task_signals: list[str] = msgspec.field(default_factory=list)  # classifier cues (fixed vocabulary, never text)
+    constraints: dict[str, Any] = msgspec.field(default_factory=dict)
+    route: str | None = None
+    variant: str | None = None
+    balancing: str | None = None
+    seed: str = ""  # hex digest the draws below come from (request id + purpose)
+    draws: dict[str, float] = msgspec.field(default_factory=dict)
+    candidates: list[CandidateView] = msgspec.field(default_factory=list)
+    estimated_cost_usd: float = 0.0
+    baseline: Baseline | None = None
+    last_resort: str | None = None  # the model appended as the last resort (an answer from it is degraded)
+    decided_by: str = ""  # the router replica
+    decided_at: float = 0.0
 
 
 class Event(Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
@@ -151,6 +215,7 @@ class RequestAdmitted(Event, frozen=True, kw_only=True, tag=True):
     allowed_providers: list[str] | None = None
     estimated_prompt_tokens: int = 0
     admission: AdmissionInfo | None = None
+    allowed_models: list[str] | None = None  # the key/team may use only these (honoured by ``auto`` routing)
 
     def subject(self) -> str:
         return "sy.evt.admitted"
@@ -166,6 +231,12 @@ class AttemptDispatched(Event, frozen=True, kw_only=True, tag=True):
     plan: list[Target] = msgspec.field(default_factory=list)
     history: list[AttemptSummary] = msgspec.field(default_factory=list)
     timeout_s: float = 60.0
+    decision: RoutingDecision | None = None
+    kind: str = "first"  # first / fallback / retry / last_resort
+    reason: str = ""  # why this attempt (the fallback or retry and what it waited for)
+    breaker_state: str = ""  # the target's breaker state when the router decided
+    not_before: float | None = None  # a retry's earliest start (backoff / Retry-After), epoch seconds
+    degraded: bool = False  # the attempt goes to the designated last-resort model
 
     def subject(self) -> str:
         return f"sy.evt.attempt.{self.target.provider}"
@@ -225,6 +296,8 @@ class CompletionSucceeded(Terminal, frozen=True, kw_only=True, tag=True):
     history: list[AttemptSummary] = msgspec.field(default_factory=list)
     chunks: int = 0  # streamed requests: chunk messages sent before this event
     embeddings: list[list[float]] | None = None  # embeddings requests: the vectors, in input order
+    decision: RoutingDecision | None = None  # the routing decision that led here
+    degraded: bool = False  # answered by the last-resort model
 
 
 class CompletionFailed(Terminal, frozen=True, kw_only=True, tag=True):
@@ -233,6 +306,7 @@ class CompletionFailed(Terminal, frozen=True, kw_only=True, tag=True):
     status: ClassVar[str] = "failed"
     error: ErrorInfo
     history: list[AttemptSummary] = msgspec.field(default_factory=list)
+    decision: RoutingDecision | None = None
 
 
 class RequestDenied(CompletionFailed, frozen=True, kw_only=True, tag=True):

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 from shared.canonical import Message, StreamChunk
-from shared.events import CompletionSucceeded
+from shared.events import CandidateView, CompletionSucceeded
 
 
 def render_completion(event: CompletionSucceeded) -> dict[str, Any]:
@@ -83,14 +83,77 @@ def render_usage_chunk(event: CompletionSucceeded, created: int) -> dict[str, An
 
 
 def switchyard_object(event: CompletionSucceeded) -> dict[str, Any]:
-    """Switchyard's extension object: where the request ran and what it cost."""
-    return {
+    """Switchyard's extension object: where the request ran, why, what it cost and what it saved.
+
+    ``selected`` is where the answer came from; ``reason`` and ``candidates``
+    (every candidate's estimates, component scores, rank or exclusion) explain
+    the routing decision; ``path`` lists every attempt in order;
+    ``savings_usd`` is what the actual usage would have cost on the most
+    expensive eligible candidate (``baseline``) minus what it did cost;
+    ``degraded`` is true when the designated last-resort model answered.
+    """
+    target, d = event.target, event.decision
+    out: dict[str, Any] = {
         "request_id": event.request_id,
-        "provider": event.target.provider,
-        "deployment": event.target.deployment,
-        "model": event.target.model,
+        "provider": target.provider,
+        "deployment": target.deployment,
+        "model": target.model,
         "attempts": event.attempt,
         "cost_usd": event.cost_usd,
+        "degraded": event.degraded,
+        "selected": {"model": target.model, "provider": target.provider, "deployment": target.deployment},
+        "actual_cost_usd": event.cost_usd,
+        "path": [
+            *({"attempt": h.attempt, "model": h.model, "deployment": h.deployment, "outcome": h.outcome,
+               "kind": h.kind or None, "latency_ms": h.latency_ms, "breaker_state": h.breaker_state or None}
+              for h in event.history),
+            {"attempt": event.attempt, "model": target.model, "deployment": target.deployment,
+             "outcome": "success", "latency_ms": round(event.latency_ms, 3)},
+        ],
+    }
+    if d is None:
+        return out
+    baseline = None
+    savings = 0.0
+    if d.baseline is not None:
+        b, u = d.baseline, event.response.usage
+        cached = min(u.cached_tokens, u.prompt_tokens) if b.cached_input_per_mtok is not None else 0
+        at_baseline = ((u.prompt_tokens - cached) * b.input_per_mtok + cached * (b.cached_input_per_mtok or 0.0)
+                       + u.completion_tokens * b.output_per_mtok) * 1e-6
+        savings = round(max(0.0, at_baseline - event.cost_usd), 10) if b.model != target.model else 0.0
+        baseline = {"model": b.model, "estimated_cost_usd": b.est_cost_usd,
+                    "cost_usd_for_this_usage": round(at_baseline, 10)}
+    out.update({
+        "reason": d.reason,
+        "mode": d.mode,
+        "requested": d.requested,
+        "strategy": d.strategy,
+        "task": d.task,
+        "task_source": d.task_source,
+        "preference": d.preference,
+        "weights": d.weights or None,
+        "constraints": d.constraints,
+        "route": d.route,
+        "variant": d.variant,
+        "seed": d.seed or None,
+        "draws": d.draws or None,
+        "estimated_cost_usd": d.estimated_cost_usd,
+        "baseline": baseline,
+        "savings_usd": savings,
+        "decided_by": d.decided_by,
+        "candidates": [render_candidate(c) for c in d.candidates],
+    })
+    return out
+
+
+def render_candidate(c: CandidateView) -> dict[str, Any]:
+    """One candidate of a routing decision, every field present."""
+    return {
+        "deployment": c.deployment, "provider": c.provider, "model": c.model,
+        "eligible": c.excluded is None, "excluded": c.excluded, "detail": c.detail or None, "rank": c.rank,
+        "score": c.score, "scores": c.scores or None, "estimated_cost_usd": c.est_cost_usd,
+        "latency_ms": c.latency_ms, "latency_source": c.latency_source, "quality": c.quality,
+        "error_rate": c.error_rate, "breaker": c.breaker, "in_flight": c.in_flight, "sampled": c.sampled,
     }
 
 

@@ -64,6 +64,14 @@ class Metrics:
                               ["gen_ai_provider_name"], buckets=LATENCY_BUCKETS, registry=r)
         self.audit_lag = Gauge("switchyard_audit_pending_events", "Events the audit consumer has yet to read",
                                registry=r)
+        self.breaker_state = Gauge("switchyard_circuit_breaker_state",
+                                   "Circuit breaker state per deployment (1 for the current state, else 0)",
+                                   ["deployment", "gen_ai_provider_name", "state"], registry=r)
+        self.routing_decisions = Counter("switchyard_routing_decisions", "First routing decisions by mode and strategy",
+                                         ["mode", "strategy"], registry=r)
+        self.router_attempts = Counter("switchyard_router_attempts",
+                                       "Attempts the router dispatched or deferred, by kind "
+                                       "(first, fallback, retry, last_resort, deferred)", ["kind"], registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

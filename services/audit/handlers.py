@@ -37,7 +37,25 @@ Ledger (key ``(request_id, attempt)``): one row per billed attempt — every
 ``cost_usd > 0`` (a provider that charged for a call that then failed).
 
 Prompt text is never read into a row. Completion text goes on the request row
-only when ``store_text`` is on (``AuditSettings.store_text``, default off).
+only when ``store_text`` is on (``AuditSettings.store_text``, default off), or
+when policy admitted the request for a team that turned it on (``ctx.store_text``).
+
+Admissions (key ``request_id``): the policy decision carried by
+``RequestAdmitted`` / ``RequestDenied`` — decision, reason, data class, PII
+kinds and counts (never values), risk score and signals, reservation. The
+first decision stored stands (policy decides once per request).
+
+Budget events (key ``event_id``): every ``BudgetReserved`` / ``BudgetSettled``
+/ ``BudgetReleased`` / ``BudgetAlert``, inserted once, so a request's trace
+explains every cent that was reserved, spent or given back.
+
+Routing (key ``request_id``): the router's decision (``RoutingDecision``: mode,
+task, every candidate's scores and exclusions, seed and draws) from the first
+event carrying it; inserted once. Attempt routing (key ``(request_id,
+attempt)``): from each ``AttemptDispatched``, why that attempt was made
+(first / fallback / retry / last_resort and its reason), the target's breaker
+state at decision time, a retry's ``not_before`` and ``degraded``; inserted
+once (every delivery of a dispatch carries the same values).
 
 Jobs: for events of async jobs (``ctx.job``), ``job_updates`` gives one
 ``JobUpdate`` per job — a callable for ``advance_job`` that proposes the
@@ -62,11 +80,16 @@ from shared.events import (
     AttemptAbandoned,
     AttemptDispatched,
     AttemptFailed,
+    BudgetAlert,
+    BudgetReleased,
+    BudgetReserved,
+    BudgetSettled,
     CompletionFailed,
     CompletionRequested,
     CompletionSucceeded,
     JobRecord,
     RequestAdmitted,
+    RequestDenied,
     Target,
     Terminal,
 )
@@ -147,15 +170,63 @@ class LedgerRow(Struct, frozen=True, kw_only=True):
     ts: float
 
 
+class AdmissionRow(Struct, frozen=True, kw_only=True):
+    """Policy's decision on one request (counts and scores only; never prompt text)."""
+
+    request_id: str
+    decision: str
+    reason: str
+    data_class: str | None
+    details: str  # the decision as JSON (AdmissionInfo)
+    ts: float
+
+
+class BudgetRow(Struct, frozen=True, kw_only=True):
+    """One budget event of a request."""
+
+    event_id: str
+    request_id: str
+    kind: str  # reserved / settled / released / alert
+    amount_usd: float
+    details: str  # the rest of the event as JSON (scopes, reason, threshold, ...)
+    ts: float
+
+
+class RoutingRow(Struct, frozen=True, kw_only=True):
+    """The routing decision of one request (never prompt text: names, numbers and reason codes)."""
+
+    request_id: str
+    decision: str  # the RoutingDecision as JSON
+    ts: float
+
+
+class AttemptRouteRow(Struct, frozen=True, kw_only=True):
+    """Why one attempt went where it went, and the target's breaker state when the router decided."""
+
+    request_id: str
+    attempt: int
+    kind: str
+    breaker_state: str
+    reason: str
+    not_before: float | None
+    degraded: bool
+    ts: float
+
+
 class AuditBatch(Struct, frozen=True, kw_only=True):
     """Everything one batch of events writes, at most one row per key, sorted by key."""
 
     requests: list[RequestRow]
     attempts: list[AttemptRow]
     ledger: list[LedgerRow]
+    admissions: list[AdmissionRow] = msgspec.field(default_factory=list)
+    budget: list[BudgetRow] = msgspec.field(default_factory=list)
+    routing: list[RoutingRow] = msgspec.field(default_factory=list)
+    attempt_routes: list[AttemptRouteRow] = msgspec.field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.requests or self.attempts or self.ledger)
+        return bool(self.requests or self.attempts or self.ledger or self.admissions or self.budget
+                    or self.routing or self.attempt_routes)
 
 
 class JobUpdate(Struct, frozen=True, kw_only=True):
@@ -194,8 +265,25 @@ def build_rows(events: Iterable[AnyEvent], *, store_text: bool = False,
     requests: dict[str, RequestRow] = {}
     attempts: dict[tuple[str, int, int], AttemptRow] = {}
     ledger: dict[tuple[str, int], LedgerRow] = {}
+    admissions: dict[str, AdmissionRow] = {}
+    budget: dict[str, BudgetRow] = {}
+
+    routing: dict[str, RoutingRow] = {}
+    attempt_routes: dict[tuple[str, int], AttemptRouteRow] = {}
 
     for event in ordered:
+        routed = _routing_row(event)
+        if routed is not None:
+            routing.setdefault(routed.request_id, routed)
+        why = _attempt_route_row(event)
+        if why is not None:
+            attempt_routes.setdefault((why.request_id, why.attempt), why)
+        decided = _admission_row(event)
+        if decided is not None:
+            admissions.setdefault(decided.request_id, decided)  # (ts, id) order: the first decision stands
+        spent = _budget_row(event)
+        if spent is not None:
+            budget.setdefault(spent.event_id, spent)
         row = _request_row(event, store_text, trace_ids.get(event.request_id))
         requests[event.request_id] = _merge_request(requests.get(event.request_id), row)
 
@@ -213,6 +301,10 @@ def build_rows(events: Iterable[AnyEvent], *, store_text: bool = False,
         requests=[requests[k] for k in sorted(requests)],
         attempts=[attempts[k] for k in sorted(attempts)],
         ledger=[ledger[k] for k in sorted(ledger)],
+        admissions=[admissions[k] for k in sorted(admissions)],
+        budget=[budget[k] for k in sorted(budget)],
+        routing=[routing[k] for k in sorted(routing)],
+        attempt_routes=[attempt_routes[k] for k in sorted(attempt_routes)],
     )
 
 
@@ -252,7 +344,7 @@ def _request_row(event: AnyEvent, store_text: bool, trace_id: str | None) -> Req
         return msgspec.structs.replace(row, completed_at=event.ts, error_status=e.status, error_type=e.type,
                                        error_code=e.code, error_message=e.message)
     if isinstance(event, CompletionSucceeded):
-        text = completion_text(event) if store_text else None
+        text = completion_text(event) if store_text or ctx.store_text else None
         return msgspec.structs.replace(row, completed_at=event.ts, completion_text=text)
     return row
 
@@ -326,6 +418,54 @@ def _ledger_row(event: AnyEvent) -> LedgerRow | None:
     return LedgerRow(request_id=event.request_id, attempt=attempt, tenant=ctx.tenant, team=ctx.team,
                      key_id=ctx.key_id, provider=target.provider, model=target.model,
                      deployment=target.deployment, cost_usd=cost, ts=event.ts, **tokens)
+
+
+_details_encoder = msgspec.json.Encoder()
+
+
+def _admission_row(event: AnyEvent) -> AdmissionRow | None:
+    if not isinstance(event, (RequestAdmitted, RequestDenied)) or event.admission is None:
+        return None
+    info = event.admission
+    reason = event.error.code if isinstance(event, RequestDenied) else ""
+    return AdmissionRow(request_id=event.request_id, decision=info.decision, reason=reason,
+                        data_class=info.data_class, details=_details_encoder.encode(info).decode(), ts=event.ts)
+
+
+_BUDGET_KINDS = {BudgetReserved: "reserved", BudgetSettled: "settled", BudgetReleased: "released",
+                 BudgetAlert: "alert"}
+_ENVELOPE = frozenset({"event_id", "request_id", "ts", "schema_version", "ctx"})
+
+
+def _budget_row(event: AnyEvent) -> BudgetRow | None:
+    kind = _BUDGET_KINDS.get(type(event))
+    if kind is None:
+        return None
+    if isinstance(event, BudgetReleased):
+        amount = event.reserved_usd
+    elif isinstance(event, BudgetAlert):
+        amount = event.spent_usd
+    else:
+        amount = event.amount_usd
+    details = {f: getattr(event, f) for f in event.__struct_fields__ if f not in _ENVELOPE}
+    return BudgetRow(event_id=event.event_id, request_id=event.request_id, kind=kind, amount_usd=amount,
+                     details=_details_encoder.encode(details).decode(), ts=event.ts)
+
+
+def _routing_row(event: AnyEvent) -> RoutingRow | None:
+    decision = getattr(event, "decision", None) if isinstance(event, (AttemptDispatched, CompletionFailed,
+                                                                     CompletionSucceeded)) else None
+    if decision is None:
+        return None
+    return RoutingRow(request_id=event.request_id, decision=_details_encoder.encode(decision).decode(), ts=event.ts)
+
+
+def _attempt_route_row(event: AnyEvent) -> AttemptRouteRow | None:
+    if not isinstance(event, AttemptDispatched):
+        return None
+    return AttemptRouteRow(request_id=event.request_id, attempt=event.attempt, kind=event.kind,
+                           breaker_state=event.breaker_state, reason=event.reason, not_before=event.not_before,
+                           degraded=event.degraded, ts=event.ts)
 
 
 # ---- jobs --------------------------------------------------------------------------------

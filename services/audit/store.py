@@ -11,6 +11,9 @@ concurrent replicas all converge on the same contents:
 - attempts: the first resolved outcome stands over ``dispatched``; ``ts`` is
   the earliest seen.
 - ledger: insert once per ``(request_id, attempt)``, never updated.
+- admissions: insert once per request (policy's first decision stands).
+- budget events: insert once per event id.
+- routing decisions (per request) and attempt routing (per attempt): insert once.
 
 A request's cost, token and attempt totals are re-summed from its attempt rows
 in the same transaction. The request rows are upserted first, in key order,
@@ -21,6 +24,7 @@ totals are never computed from half of two batches (and no deadlock arises).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +66,10 @@ class Schema:
     requests: Table
     attempts: Table
     ledger: Table
+    admissions: Table
+    budget: Table
+    routing: Table | None = None
+    attempt_routes: Table | None = None
 
 
 def build_schema(prefix: str = "audit_") -> Schema:
@@ -131,7 +139,44 @@ def build_schema(prefix: str = "audit_") -> Schema:
         Index(f"{prefix}ledger_tenant_ts", "tenant", "ts"),
         Index(f"{prefix}ledger_team", "team"),
     )
-    return Schema(metadata=md, requests=requests, attempts=attempts, ledger=ledger)
+    admissions = Table(
+        f"{prefix}admissions", md,
+        Column("request_id", String(128), primary_key=True),
+        Column("decision", String(16), nullable=False),
+        Column("reason", String(128), nullable=False),
+        Column("data_class", String(32)),
+        Column("details", Text, nullable=False),
+        Column("ts", Float, nullable=False),
+    )
+    budget = Table(
+        f"{prefix}budget_events", md,
+        Column("event_id", String(256), primary_key=True),
+        Column("request_id", String(128), nullable=False),
+        Column("kind", String(16), nullable=False),
+        Column("amount_usd", Float, nullable=False),
+        Column("details", Text, nullable=False),
+        Column("ts", Float, nullable=False),
+        Index(f"{prefix}budget_events_request", "request_id"),
+    )
+    routing = Table(
+        f"{prefix}routing", md,
+        Column("request_id", String(128), primary_key=True),
+        Column("decision", Text, nullable=False),
+        Column("ts", Float, nullable=False),
+    )
+    attempt_routes = Table(
+        f"{prefix}attempt_routes", md,
+        Column("request_id", String(128), primary_key=True),
+        Column("attempt", Integer, primary_key=True),
+        Column("kind", String(16), nullable=False),
+        Column("breaker_state", String(16), nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("not_before", Float),
+        Column("degraded", Boolean, nullable=False),
+        Column("ts", Float, nullable=False),
+    )
+    return Schema(metadata=md, requests=requests, attempts=attempts, ledger=ledger, admissions=admissions,
+                  budget=budget, routing=routing, attempt_routes=attempt_routes)
 
 
 class AuditStore:
@@ -193,6 +238,19 @@ class AuditStore:
                 await conn.execute(stmt, [_row_params(r) for r in batch.ledger])
             if batch.attempts:
                 await self._resum_requests(conn, sorted({a.request_id for a in batch.attempts}))
+            if batch.admissions:
+                stmt = self._insert(self.schema.admissions).on_conflict_do_nothing(index_elements=["request_id"])
+                await conn.execute(stmt, [_row_params(r) for r in batch.admissions])
+            if batch.budget:
+                stmt = self._insert(self.schema.budget).on_conflict_do_nothing(index_elements=["event_id"])
+                await conn.execute(stmt, [_row_params(r) for r in batch.budget])
+            if batch.routing:
+                stmt = self._insert(self.schema.routing).on_conflict_do_nothing(index_elements=["request_id"])
+                await conn.execute(stmt, [_row_params(r) for r in batch.routing])
+            if batch.attempt_routes:
+                stmt = self._insert(self.schema.attempt_routes).on_conflict_do_nothing(
+                    index_elements=["request_id", "attempt"])
+                await conn.execute(stmt, [_row_params(r) for r in batch.attempt_routes])
 
     async def _upsert_requests(self, conn: AsyncConnection, batch: AuditBatch) -> None:
         t = self.schema.requests
@@ -264,6 +322,7 @@ class AuditStore:
     async def trace(self, request_id: str, tenant: str) -> dict | None:
         """The request's trace, or None when there is none *for this tenant* (callers answer 404 either way)."""
         r, a = self.schema.requests, self.schema.attempts
+        adm, bud = self.schema.admissions, self.schema.budget
         async with self.engine.connect() as conn:
             req = (await conn.execute(
                 select(r).where(r.c.request_id == request_id, r.c.tenant == tenant))).mappings().first()
@@ -274,6 +333,14 @@ class AuditStore:
                 # The attempt's own record (delivery 0) closes its group, after the interrupted deliveries.
                 .order_by(a.c.attempt, case((a.c.delivery == FINAL_DELIVERY, 1), else_=0), a.c.delivery)
             )).mappings().all()
+            decision = (await conn.execute(select(adm).where(adm.c.request_id == request_id))).mappings().first()
+            budget_rows = (await conn.execute(
+                select(bud).where(bud.c.request_id == request_id).order_by(bud.c.ts, bud.c.event_id)
+            )).mappings().all()
+            rt, ar = self.schema.routing, self.schema.attempt_routes
+            routed = (await conn.execute(select(rt).where(rt.c.request_id == request_id))).mappings().first()
+            whys = {row["attempt"]: row for row in (await conn.execute(
+                select(ar).where(ar.c.request_id == request_id))).mappings().all()}
 
         completed = req["completed_at"]
         body: dict[str, Any] = {
@@ -299,8 +366,18 @@ class AuditStore:
             },
             "job": req["job"],
             "trace_id": req["trace_id"],
-            "attempts": [_attempt_view(row) for row in rows],
+            "attempts": [_attempt_view(row, whys.get(row["attempt"])) for row in rows],
         }
+        # How the router decided, when it recorded a decision: every candidate, and each attempt's outcome.
+        if routed is not None:
+            body["routing"] = json.loads(routed["decision"])
+            body["outcomes"] = _outcomes(body["attempts"])
+            body["degraded"] = any(a.get("degraded") and a["outcome"] == "success" for a in body["attempts"])
+        # Policy's decision and the budget events, when there are any (counts and amounts, never text).
+        if decision is not None:
+            body["admission"] = _admission_view(decision)
+        if budget_rows:
+            body["budget"] = [_budget_view(row) for row in budget_rows]
         if req["completion_text"] is not None:
             body["completion_text"] = req["completion_text"]
         return body
@@ -357,8 +434,23 @@ def _totals(requests: Any, prompt: Any, completion: Any, cost: Any) -> dict[str,
             "completion_tokens": int(completion or 0), "cost_usd": round(float(cost or 0.0), COST_DIGITS)}
 
 
-def _attempt_view(row: Any) -> dict[str, Any]:
+def _outcomes(attempts: list[dict[str, Any]]) -> dict[str, str]:
+    """Each attempt's outcome keyed by model, in order (``gpt-4o#2`` when a model was tried again)."""
+    out: dict[str, str] = {}
+    for a in attempts:
+        if a["delivery"] is not None:
+            continue  # interrupted deliveries are part of their attempt
+        key = a["model"] if a["model"] not in out else f"{a['model']}#{a['attempt']}"
+        out[key] = a["outcome"]
+    return out
+
+
+def _attempt_view(row: Any, why: Any = None) -> dict[str, Any]:
+    routing = {} if why is None else {
+        "kind": why["kind"], "breaker_state": why["breaker_state"] or None, "reason": why["reason"] or None,
+        "not_before": why["not_before"], "degraded": bool(why["degraded"])}
     return {
+        **routing,
         "attempt": row["attempt"],
         # The attempt's own record does not know which delivery produced it; interrupted ones do.
         "delivery": None if row["delivery"] == FINAL_DELIVERY else row["delivery"],
@@ -373,6 +465,15 @@ def _attempt_view(row: Any) -> dict[str, Any]:
         "cost_usd": row["cost_usd"],
         "error": None if row["error_code"] is None else {"code": row["error_code"], "message": row["error_message"]},
     }
+
+
+def _admission_view(row: Any) -> dict[str, Any]:
+    return {**json.loads(row["details"]), "decision": row["decision"], "reason": row["reason"] or None,
+            "ts": row["ts"]}
+
+
+def _budget_view(row: Any) -> dict[str, Any]:
+    return {"event": row["kind"], "amount_usd": row["amount_usd"], "ts": row["ts"], **json.loads(row["details"])}
 
 
 def _ledger_view(row: Any) -> dict[str, Any]:

@@ -27,6 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.bootstrap import Deps
 from services.gateway import handlers as h
+from services.gateway.admin import admin_routes
+from services.gateway.providers import provider_routes
 from services.gateway.dialects import ANTHROPIC, EMBEDDINGS, OPENAI, Dialect, StreamEncoder
 from shared.auth import Principal
 from shared.errors import (
@@ -124,7 +126,7 @@ class ChunkInbox:
 
 def error_response(info: ErrorInfo, headers: dict[str, str] | None = None, body: dict | None = None) -> Response:
     """An error with its status and ``Retry-After``; the body in OpenAI's shape unless a dialect gives its own."""
-    headers = dict(headers or {})
+    headers = {**(info.headers or {}), **(headers or {})}
     if info.retry_after is not None:
         headers["Retry-After"] = str(max(1, min(120, int(round(info.retry_after)))))
     return _json(body if body is not None else info.body(), status=info.status, headers=headers)
@@ -235,6 +237,10 @@ class Gateway:
         headers = {"x-request-id": rid, "x-switchyard-overhead-ms": f"{overhead * 1000:.3f}"}
         if isinstance(term, CompletionSucceeded):
             headers["x-switchyard-provider"] = term.target.provider
+            headers.update(term.ctx.rate_headers or {})
+            if term.ctx.redactions:
+                headers["x-switchyard-redactions"] = ",".join(f"{k}={n}" for k, n in
+                                                              sorted(term.ctx.redactions.items()))
             return _json(dialect.success(term), headers=headers)
         return error_response(h.terminal_error(term), headers, body=dialect.error_body(h.terminal_error(term), rid))
 
@@ -350,7 +356,8 @@ class Gateway:
     async def _own_job(self, request: Request, job_id: str) -> tuple[Principal, JobRecord]:
         principal = self.principal(request)
         record = await get_job(self._jobs_kv, job_id) if h.SAFE_ID.match(job_id) else None
-        if record is None or record.tenant != principal.tenant:
+        if record is None or record.tenant != principal.tenant or (
+                principal.role == "viewer" and record.team != principal.team):
             raise NotFound(f"No job found with id '{job_id}'.", param="job_id")
         return principal, record
 
@@ -397,7 +404,7 @@ class Gateway:
         if not h.SAFE_ID.match(request_id):
             raise NotFound(f"No request found with id '{request_id}'.", param="request_id")
         body = await self._rpc(RPC_TRACE, {"request_id": request_id, "tenant": principal.tenant})
-        if body.get("trace") is None:
+        if body.get("trace") is None or (principal.role == "viewer" and body["trace"].get("team") != principal.team):
             raise NotFound(f"No request found with id '{request_id}'.", param="request_id")
         return _json(body["trace"])
 
@@ -408,6 +415,8 @@ class Gateway:
         for name in ("team", "model", "provider"):
             if q.get(name):
                 query[name] = q[name]
+        if principal.role == "viewer":
+            query["team"] = principal.team  # a viewer reads its own team only
         for name in ("since", "until"):
             if q.get(name):
                 query[name] = _timestamp(q[name], name)
@@ -507,6 +516,8 @@ def create_app(deps: Deps, gw: Gateway) -> FastAPI:
     app.add_api_route("/v1/requests/{request_id}", gw.trace, methods=["GET"],
                       summary="A request's trace: every attempt in order")
     app.add_api_route("/v1/ledger", gw.ledger, methods=["GET"], summary="Cost ledger rows and totals")
+    app.include_router(admin_routes(gw))
+    app.include_router(provider_routes(gw))
     _add_schemas(app)
     return app
 

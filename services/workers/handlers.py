@@ -4,6 +4,11 @@ A redelivered attempt (its earlier delivery died mid-call) is first recorded
 as ``AttemptAbandoned``: the earlier call's outcome is unknown, so this second
 upstream call is made knowingly and shows in the trace.
 
+Every call first takes a permit from the deployment's shared circuit breaker
+(``gate``): an open breaker refuses it without any upstream call (the attempt
+fails as ``circuit_open`` and the router falls back), a half-open one lets
+only its probes through. The call's outcome and latency are recorded after it.
+
 Streamed attempts relay each chunk to the gateway as it arrives. Until the
 first chunk is out, a failure is an ordinary failed attempt (the router may
 fall back); after it, the attempt ends as ``stream_broken`` (no fallback: the
@@ -16,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import AsyncContextManager, Awaitable, Callable, Protocol
+from typing import Any, AsyncContextManager, Awaitable, Callable, Protocol
 
 import msgspec
 
@@ -31,6 +36,7 @@ from shared.events import (
     ChunkMessage,
     CompletionSucceeded,
     Event,
+    Target,
     terminal_id,
 )
 from shared.pricing import cost_usd
@@ -38,6 +44,15 @@ from shared.telemetry import Metrics
 
 from services.workers.adapters import ProviderAdapter
 from services.workers.streaming import StreamAssembler
+
+
+class Gate(Protocol):
+    """The shared circuit breakers: a permit before every provider call, its outcome after."""
+
+    async def acquire(self, target: Target) -> Any: ...
+
+    async def record(self, target: Target, permit: Any, outcome: str, latency_ms: float,
+                     task: str | None = None, cost_usd: float = 0.0) -> None: ...
 
 
 class ChunkRelay(Protocol):
@@ -57,6 +72,7 @@ class WorkerDeps:
     metrics: Metrics
     is_cancelled: Callable[[str], Awaitable[bool]]
     relay: ChunkRelay | None = None
+    gate: Gate | None = None
 
 
 async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps) -> list[Event]:
@@ -68,13 +84,57 @@ async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps
                                     ctx=event.ctx, attempt=event.attempt, target=target, delivery=previous))
     if event.ctx.job and await deps.is_cancelled(rid):
         return out  # the cancel already ended the request
+    permit = None
+    if deps.gate is not None:
+        permit = await deps.gate.acquire(target)
+        if not permit.granted:
+            deps.metrics.attempts.labels(target.provider, "circuit_open").inc()
+            out.append(_refused(event, permit))
+            return out
+    result: Event | None = None
+    try:
+        result = await _call(event, delivery, deps)
+    finally:
+        if permit is not None:
+            outcome, latency_ms, cost = _outcome_of(result)
+            await deps.gate.record(target, permit, outcome, latency_ms,
+                                   task=event.decision.task if event.decision is not None else None, cost_usd=cost)
+    if isinstance(result, CompletionSucceeded) and (event.decision is not None or event.degraded):
+        result = msgspec.structs.replace(result, decision=event.decision, degraded=event.degraded)
+    out.append(result)
+    return out
+
+
+def _refused(event: AttemptDispatched, permit: Any) -> AttemptFailed:
+    """The attempt the breaker did not let through: no upstream call was made."""
+    why = f" ({permit.reason})" if permit.reason else ""
+    info = ErrorInfo(status=503, type="service_unavailable", code="circuit_open", outcome="circuit_open",
+                     message=f"{event.target.deployment} was not called: its circuit breaker is {permit.state}{why}")
+    return _failed(event, info, 0.0)
+
+
+def _outcome_of(result: Event | None) -> tuple[str, float, float]:
+    """(outcome class, latency, cost) of a finished call, for the breaker and the bandit."""
+    if isinstance(result, CompletionSucceeded):
+        return "success", result.latency_ms, result.cost_usd
+    if isinstance(result, AttemptFailed):
+        return result.error.outcome, result.latency_ms, result.cost_usd
+    return "cancelled", 0.0, 0.0  # the handler itself failed: say nothing about the provider
+
+
+async def _call(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps) -> Event:
+    """One upstream call in the request's shape: streamed, embeddings, or a whole completion."""
     timeout = min(event.timeout_s, event.ctx.remaining())
     if event.ctx.stream and deps.relay is not None:
-        out.append(await stream_attempt(event, delivery, deps, timeout))
-        return out
+        return await stream_attempt(event, delivery, deps, timeout)
     if event.ctx.api == "embeddings":
-        out.append(await embed_attempt(event, deps, timeout))
-        return out
+        return await embed_attempt(event, deps, timeout)
+    return await complete_attempt(event, deps, timeout)
+
+
+async def complete_attempt(event: AttemptDispatched, deps: WorkerDeps, timeout: float) -> Event:
+    """A non-streamed chat completion."""
+    rid, target = event.request_id, event.target
     adapter = deps.adapters[target.provider]
     m = deps.metrics
     started = time.perf_counter()
@@ -94,8 +154,7 @@ async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps
         info = exc.info()
         m.attempts.labels(target.provider, info.outcome).inc()
         m.operation_duration.labels("chat", target.provider, target.model, info.code).observe(latency_ms / 1000)
-        out.append(_failed(event, info, latency_ms))
-        return out
+        return _failed(event, info, latency_ms)
     finally:
         m.in_flight.labels(target.provider).dec()
     latency_ms = (time.perf_counter() - started) * 1000
@@ -106,10 +165,9 @@ async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps
     m.token_usage.labels("chat", target.provider, target.model, "input").observe(response.usage.prompt_tokens)
     m.token_usage.labels("chat", target.provider, target.model, "output").observe(response.usage.completion_tokens)
     m.cost.labels(target.provider, target.model).inc(cost)
-    out.append(CompletionSucceeded(event_id=terminal_id(rid), request_id=rid, ctx=event.ctx, attempt=event.attempt,
-                                   target=target, response=response, cost_usd=cost, latency_ms=latency_ms,
-                                   history=list(event.history)))
-    return out
+    return CompletionSucceeded(event_id=terminal_id(rid), request_id=rid, ctx=event.ctx, attempt=event.attempt,
+                               target=target, response=response, cost_usd=cost, latency_ms=latency_ms,
+                               history=list(event.history))
 
 
 def embedding_input(event: AttemptDispatched) -> EmbeddingRequest:

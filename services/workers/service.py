@@ -16,6 +16,7 @@ import httpx
 
 from services.bootstrap import Deps
 from services.workers.adapters import adapter_class
+from services.router.health import HealthStore
 from services.workers.handlers import WorkerDeps, attempt
 from shared.bus import Delivery, Subscription
 from shared.catalog import ProviderSpec
@@ -77,8 +78,12 @@ async def run(deps: Deps, arg: str | None = None) -> None:
         record = await get_job(jobs_kv, request_id)
         return record is not None and record.status == "cancelled"
 
+    # The shared circuit breakers (JetStream KV): refuse calls to open deployments, record every outcome.
+    health = await HealthStore.open(deps.bus, role="worker", settings=deps.settings.router, catalog=catalog,
+                                    metrics=deps.telemetry.metrics)
+    deps.on_stop.append(health.close)
     wdeps = WorkerDeps(adapters=adapters, catalog=catalog, metrics=deps.telemetry.metrics, is_cancelled=is_cancelled,
-                       relay=NatsChunkRelay(deps.bus.nc))
+                       relay=NatsChunkRelay(deps.bus.nc), gate=health)
 
     async def handle(event: AttemptDispatched, delivery: Delivery) -> list[Event]:
         return await attempt(event, delivery, wdeps)

@@ -240,7 +240,14 @@ def test_empty_batch() -> None:
 
 def test_render_completion_is_openai_chat_completion() -> None:
     event = Story("r1").succeeded(2, AZURE, at=1.5, cost=0.0015)
-    assert render_completion(event) == {
+    body = render_completion(event)
+    ext = body.pop("switchyard")
+    # The extension object also explains routing (selected, path, degraded ...): see tests/unit/router.
+    assert {k: ext[k] for k in ("request_id", "provider", "deployment", "model", "attempts", "cost_usd")} == {
+        "request_id": "r1", "provider": "azure", "deployment": "azure-gpt4o-mini", "model": "gpt-4o-mini",
+        "attempts": 2, "cost_usd": 0.0015}
+    assert ext["degraded"] is False and ext["selected"]["deployment"] == "azure-gpt4o-mini"
+    assert body == {
         "id": "chatcmpl-r1",
         "object": "chat.completion",
         "created": int(T0 + 1.5),
@@ -250,8 +257,6 @@ def test_render_completion_is_openai_chat_completion() -> None:
         "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
                   "prompt_tokens_details": {"cached_tokens": 40},
                   "completion_tokens_details": {"reasoning_tokens": 5}},
-        "switchyard": {"request_id": "r1", "provider": "azure", "deployment": "azure-gpt4o-mini",
-                       "model": "gpt-4o-mini", "attempts": 2, "cost_usd": 0.0015},
     }
 
 

@@ -1,60 +1,23 @@
-"""Admission and routing as plain functions: table-driven, no bus."""
+"""Routing as plain functions: table-driven, no bus (admission has its own tests in tests/unit/policy/)."""
 
 from __future__ import annotations
 
-import time
-
-import pytest
-
-from services.policy.handlers import PolicyDeps, admit
-from services.policy.settings import PolicySettings
 from services.router.handlers import RouterDeps, on_attempt_failed, route
 from services.router.settings import RouterSettings
-from shared.auth import KeyEntry, KeyRing
 from shared.catalog import load_catalog
-from shared.canonical import ChatRequest, Message
 from shared.errors import UpstreamRejected, UpstreamUnavailable
 from shared.events import (
     AttemptDispatched,
     AttemptFailed,
     CompletionExpired,
     CompletionFailed,
-    RequestAdmitted,
-    RequestDenied,
 )
-from tests.unit.helpers import admitted, chat, requested
+from tests.unit.helpers import admitted, chat
 
 CATALOG = load_catalog("tests/data/catalog.yaml")
-RING = KeyRing(b"s", [KeyEntry(key="sk-1")])
-KEY_ID = RING.authenticate("sk-1").key_id
-PDEPS = PolicyDeps(settings=PolicySettings(max_messages=3, max_n=2), catalog=CATALOG, keyring=RING)
-RDEPS = RouterDeps(settings=RouterSettings(max_attempts=3), catalog=CATALOG)
-
-
-@pytest.mark.parametrize("request_, status, code", [
-    (chat("no-such"), 404, "model_not_found"),
-    (ChatRequest(model="mock-1", messages=[Message(role="user", content="x")] * 4), 422, "unprocessable_entity"),
-    (chat(n=3), 422, "unprocessable_entity"),
-    (chat(text="word " * 200_000), 400, "context_length_exceeded"),
-    (ChatRequest(model="mock-1", messages=[Message(role="tool", content="r")]), 400, "invalid_request"),
-])
-def test_policy_denies_with_reason(request_, status, code):
-    [out] = admit(requested(request_, key_id=KEY_ID), PDEPS)
-    assert isinstance(out, RequestDenied)
-    assert (out.error.status, out.error.code) == (status, code)
-    assert out.event_id == "req_1.done"  # shares the terminal id: one terminal per request
-
-
-def test_policy_denies_unknown_key_and_admits_known():
-    [out] = admit(requested(key_id="not-a-key"), PDEPS)
-    assert isinstance(out, RequestDenied) and out.error.status == 401
-    [ok] = admit(requested(key_id=KEY_ID), PDEPS)
-    assert isinstance(ok, RequestAdmitted) and ok.event_id == "req_1.admitted"
-
-
-def test_policy_clamps_output_cap_to_the_model():
-    [ok] = admit(requested(chat(max_tokens=10**6), key_id=KEY_ID), PDEPS)
-    assert ok.request.max_tokens == CATALOG.models["mock-1"].max_output_tokens
+# No same-deployment retries here: these cases are about fallback order and the final error
+# (retries, backoff and budgets are covered in tests/unit/router/).
+RDEPS = RouterDeps(settings=RouterSettings(max_attempts=3, max_retries_per_deployment=0), catalog=CATALOG)
 
 
 def test_route_dispatches_first_candidate_with_plan():

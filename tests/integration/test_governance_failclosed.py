@@ -1,0 +1,40 @@
+"""Policy fails closed: when its KV state cannot be read or written, requests are denied with 503."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.policy.service import ADMISSIONS, BUDGETS, TEAMS
+from tests.unit.policy.support import bearer, chat, make_key, make_team, start_cluster, wait_for
+
+
+@pytest.fixture
+async def cluster(tmp_path):
+    c = await start_cluster(tmp_path, policy_replicas=2)
+    yield c
+    await c.close()
+
+
+@pytest.mark.parametrize("bucket, settings", [
+    (BUDGETS, {"daily_budget_usd": 5}),   # a team with a budget: the reservation cannot be taken
+    (TEAMS, {}),                          # the team's settings cannot be read (not taken for "no settings")
+    (ADMISSIONS, {}),                     # no budget, no limits: the admission cannot be recorded
+])
+async def test_a_missing_bucket_denies_with_503(cluster, bucket, settings):
+    http = cluster.http
+    await make_team(http, "closed", **settings)
+    key, _ = await make_key(http, "closed")
+    ok = await http.post("/v1/chat/completions", headers=bearer(key), json=chat("before"))
+    assert ok.status_code == 200, ok.text
+    await cluster.system.deps.bus.js.delete_key_value(bucket.name)
+    r = await http.post("/v1/chat/completions", headers=bearer(key), json=chat("after"))
+    assert r.status_code == 503, r.text
+    err = r.json()["error"]
+    assert err["code"] == "policy_unavailable" and "not admitted" in err["message"]
+    assert r.headers["retry-after"] == "1"
+
+    async def recorded():
+        t = await http.get(f"/v1/requests/{r.headers['x-request-id']}")
+        return t.json() if t.status_code == 200 and t.json()["status"] == "denied" else None
+    trace = await wait_for(recorded)
+    assert trace["error"]["code"] == "policy_unavailable"

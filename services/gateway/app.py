@@ -65,6 +65,7 @@ from shared.jobs import JOBS, advance_job, get_job
 from shared.openai_format import model_list
 
 log = logging.getLogger("switchyard.gateway")
+DATA_CLASS_HEADER = "x-switchyard-data-class"
 RPC_TRACE = "sy.rpc.audit.trace"
 RPC_LEDGER = "sy.rpc.audit.ledger"
 _terminal_decoder = msgspec.json.Decoder(TerminalEvent)
@@ -189,7 +190,7 @@ class Gateway:
                                     self.settings.max_timeout_s)
             event = h.completion_requested(h.embedding_prompt(emb), principal, request_id=h.new_request_id(),
                                            origin=self.id, timeout_s=timeout, job=False, api=EMBEDDINGS.api,
-                                           embedding=emb)
+                                           embedding=emb, data_class=request.headers.get(DATA_CLASS_HEADER))
             return await self._sync(request, EMBEDDINGS, event, started)
         except SwitchyardError as exc:
             return self._error(EMBEDDINGS, exc.info(), None)
@@ -204,7 +205,8 @@ class Gateway:
                                     self.settings.max_timeout_s)
             rid = h.new_request_id()
             event = h.completion_requested(chat, principal, request_id=rid, origin=self.id, timeout_s=timeout,
-                                           job=False, api=dialect.api)
+                                           job=False, api=dialect.api,
+                                           data_class=request.headers.get(DATA_CLASS_HEADER))
             if chat.stream:
                 return await self._stream(request, dialect, event, started)
             return await self._sync(request, dialect, event, started)
@@ -341,6 +343,7 @@ class Gateway:
         now = time.time()
         rid = "job_" + uuid.uuid4().hex
         event = h.completion_requested(chat, principal, request_id=rid, origin=JOB_ORIGIN,
+                                       data_class=request.headers.get(DATA_CLASS_HEADER),
                                        timeout_s=self.settings.job_timeout_s, job=True, now=now)
         record = JobRecord(id=rid, tenant=principal.tenant, team=principal.team, model=chat.model, status="queued",
                            created_at=now, key_id=principal.key_id, deadline=event.ctx.deadline)

@@ -67,11 +67,17 @@ def timeout_for(header: str | None, default_s: float, max_s: float) -> float:
 def completion_requested(request: ChatRequest, principal: Principal, *, request_id: str, origin: str,
                          timeout_s: float, job: bool, now: float | None = None,
                          api: str = "chat.completions",
-                         embedding: EmbeddingRequest | None = None) -> CompletionRequested:
-    """The event that puts a request on the bus. Attribution comes only from the key."""
+                         embedding: EmbeddingRequest | None = None,
+                         data_class: str | None = None) -> CompletionRequested:
+    """The event that puts a request on the bus. Attribution comes only from the key.
+
+    ``data_class`` is what the client declared (``x-switchyard-data-class``); policy lets it only raise the
+    team's class, never lower it.
+    """
     now = time.time() if now is None else now
     ctx = RequestContext(tenant=principal.tenant, team=principal.team, key_id=principal.key_id, origin=origin,
-                         deadline=now + timeout_s, received_at=now, job=job, stream=request.stream, api=api)
+                         deadline=now + timeout_s, received_at=now, job=job, stream=request.stream, api=api,
+                         data_class=data_class)
     return CompletionRequested(event_id=f"{request_id}.requested", request_id=request_id, ts=now, ctx=ctx,
                                request=request, embedding=embedding)
 

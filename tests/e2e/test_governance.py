@@ -260,6 +260,18 @@ async def test_data_class_limits_the_providers(cluster):
         assert raised.headers["x-switchyard-provider"] == "mock"
     trace = await trace_of(http, raised.headers["x-request-id"], "succeeded")
     assert trace["admission"]["data_class"] == "restricted"
+    # The x-switchyard-data-class header raises it the same way ...
+    by_header = await member.chat.completions.with_raw_response.create(
+        model="hybrid-1", messages=[{"role": "user", "content": "x"}],
+        extra_headers={"x-switchyard-data-class": "confidential"})
+    trace = await trace_of(http, by_header.headers["x-request-id"], "succeeded")
+    assert trace["admission"]["data_class"] == "confidential"
+    # ... and cannot lower the team's class.
+    lowered = await client.chat.completions.with_raw_response.create(
+        model="hybrid-1", messages=[{"role": "user", "content": "x"}],
+        extra_headers={"x-switchyard-data-class": "public"})
+    trace = await trace_of(http, lowered.headers["x-request-id"], "succeeded")
+    assert trace["admission"]["data_class"] == "confidential"
 
 
 async def test_completion_text_is_stored_only_for_teams_that_turn_it_on(cluster):

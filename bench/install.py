@@ -137,9 +137,14 @@ def ensure_litellm(tools: Tools) -> None:
     python = LITELLM_VENV / "bin" / "python"
     script = LITELLM_VENV / "bin" / "litellm"
     if not (script.exists() and _litellm_works(python)):
-        base = shutil.which("python3") or sys.executable
         if not python.exists():
-            ok, out = _run([base, "-m", "venv", str(LITELLM_VENV)], 300)
+            # Debian's python3 needs python3-venv for ensurepip; the project's own interpreter (which made
+            # .venv) is the fallback.
+            ok, out = False, "no python3"
+            for base in dict.fromkeys(filter(None, (shutil.which("python3"), sys.executable))):
+                ok, out = _run([base, "-m", "venv", "--clear", str(LITELLM_VENV)], 300)
+                if ok:
+                    break
             if not ok:
                 tools.problems["litellm"] = f"python3 -m venv failed: {out}"
                 log(tools.problems["litellm"])

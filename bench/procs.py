@@ -224,3 +224,18 @@ def raise_nofile(target: int = 65536) -> int:
             return soft
         return want
     return soft
+
+
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    return sum(vals), idle
+
+
+def cpu_busy(interval_s: float = 1.0) -> float:
+    """Fraction of the machine's CPU busy over ``interval_s`` (0..1), e.g. other work competing with the bench."""
+    t0, i0 = _cpu_times()
+    time.sleep(interval_s)
+    t1, i1 = _cpu_times()
+    return 0.0 if t1 == t0 else 1.0 - (i1 - i0) / (t1 - t0)

@@ -67,6 +67,11 @@ def _q(s: str) -> str:
 
 
 def nginx_conf(prefix: Path, port: int) -> str:
+    import resource
+
+    # As many files as this process may open (a container's root cannot raise its hard limit).
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = 65536 if nofile == resource.RLIM_INFINITY else min(nofile, 65536)
     body = json.dumps(COMPLETION, separators=(",", ":"))
     stream_cmds = []
     for i, ev in enumerate(sse_events()):
@@ -87,12 +92,12 @@ load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
 daemon off;
 master_process on;
 worker_processes 1;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile {nofile};
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 user root;
 events {{
-    worker_connections 30000;
+    worker_connections {max(1024, nofile - 64)};
     multi_accept on;
 }}
 http {{

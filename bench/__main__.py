@@ -1,0 +1,414 @@
+"""``python -m bench [--quick] [--systems ...]``: run the benchmark, print the table, write the JSON.
+
+The run, in order: install missing tools; start the nginx upstream and check
+each mode; then for each system in turn: start it, wait until a real
+completion succeeds, warm it up, and measure (idle memory, self-reported
+overhead, concurrency sweep with memory sampling, the 50 ms upstream,
+streaming TTFT, async jobs, 5,000 concurrent requests against the 1 s
+upstream), then stop it before the next system starts, so systems never
+compete for the two cores. Every process started is stopped on exit,
+Ctrl-C, SIGTERM or error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from bench import install
+from bench.burst import run_burst
+from bench.jobs import measure_jobs
+from bench.load import run_wrk
+from bench.procs import MemorySampler, Procs, cpu_busy, memory, raise_nofile
+from bench.report import render_table, render_targets, targets
+from bench.stream import measure_ttft
+from bench.systems import (KEY, SY_SPLIT_TARGETS, Direct, LiteLLM, SwitchyardAll, SwitchyardSplit, System,
+                           version_of_litellm)
+from bench.upstream import Upstream
+
+ALL_SYSTEMS = ("direct", "sy-all", "sy-split", "litellm-1", "litellm-2")
+QUICK_SYSTEMS = ("direct", "sy-all", "litellm-1")
+BUSY_WARN = 0.15  # background CPU share above which the table warns
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Profile:
+    """How long and how hard each measurement runs."""
+
+    name: str
+    run_s: float = 6.0          # each sweep point
+    c1_s: float = 10.0          # the concurrency-1 point (added latency)
+    warmup_s: float = 3.0
+    sweep: tuple[int, ...] = (1, 16, 64, 256)
+    d50: bool = True            # the 50 ms upstream at c=1 and c=256
+    overhead_n: int = 200       # sequential requests reading x-switchyard-overhead-ms
+    ttft_n: int = 100
+    jobs_s: float = 5.0
+    jobs_c: int = 64
+    drain_timeout_s: float = 120.0
+    burst: int = 5000           # concurrent requests at once against the 1 s upstream
+    burst_timeout_s: float = 60.0  # a request against a 1 s upstream not answered in 60 s counts as failed
+    settle_s: float = 1.0
+    ready_timeout_s: float = 180.0
+    systems: tuple[str, ...] = ALL_SYSTEMS
+
+
+FULL = Profile("full")
+QUICK = Profile("quick", run_s=3.0, c1_s=3.0, warmup_s=2.0, sweep=(1, 64), d50=False, overhead_n=50, ttft_n=20,
+                jobs_s=3.0, drain_timeout_s=45.0, burst=1000, burst_timeout_s=30.0, settle_s=0.5,
+                systems=QUICK_SYSTEMS)
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# ---- one system -------------------------------------------------------------------------------
+
+def overhead_samples(system: System, n: int) -> dict | None:
+    """The gateway's own x-switchyard-overhead-ms over n sequential requests (Switchyard only)."""
+    vals = []
+    with httpx.Client(timeout=10, headers={"authorization": f"Bearer {KEY}"}) as c:
+        for _ in range(n):
+            r = c.post(system.chat_url("fast"), json=system.body("fast"))
+            h = r.headers.get("x-switchyard-overhead-ms")
+            if r.status_code == 200 and h is not None:
+                vals.append(float(h))
+    if not vals:
+        return None
+    vals.sort()
+    return {"n": len(vals), "p50_ms": vals[len(vals) // 2], "p99_ms": vals[min(len(vals) - 1, int(len(vals) * 0.99))],
+            "mean_ms": statistics.fmean(vals)}
+
+
+def warm_up(system: System, wrk: str, p: Profile) -> None:
+    run_wrk(wrk, system.chat_url("fast"), system.body("fast"), system.key, 16, p.warmup_s)
+    with httpx.Client(timeout=15, headers={"authorization": f"Bearer {KEY}"}) as c:
+        for mode in ("d50", "d1000"):
+            c.post(system.chat_url(mode), json=system.body(mode))
+
+
+def measure(system: System, wrk: str, p: Profile, res: dict) -> None:
+    """Every measurement of one running system; each step records its own failure and the run goes on."""
+
+    def step(name: str, fn) -> None:
+        if not system.alive():
+            res.setdefault("skipped", []).append(name)
+            return
+        log(f"{system.name}: {name}")
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - one failed step must not lose the rest
+            res.setdefault("step_errors", {})[name] = f"{type(exc).__name__}: {exc}"
+            log(f"{system.name}: {name} failed: {exc!r}")
+        time.sleep(p.settle_s)
+
+    def idle() -> None:
+        time.sleep(1.0)
+        res["rss_idle"] = asdict(memory(system.pids()))
+        res["processes"] = system.process_count()
+
+    def overhead() -> None:
+        if isinstance(system, (SwitchyardAll, SwitchyardSplit)):
+            res["overhead"] = overhead_samples(system, p.overhead_n)
+
+    def sweep() -> None:
+        res["sweep"] = {}
+        with MemorySampler(system.pids()) as mem:
+            for c in p.sweep:
+                r = run_wrk(wrk, system.chat_url("fast"), system.body("fast"), system.key, c,
+                            p.c1_s if c == 1 else p.run_s)
+                res["sweep"][str(c)] = r.public()
+                log(f"{system.name}: c={c}: {r.rps:.0f} req/s p50 {r.p50_ms} ms p99 {r.p99_ms} ms "
+                    f"errors {r.errors}{' ' + r.failed if r.failed else ''}")
+                time.sleep(p.settle_s)
+        res["rss_load"] = asdict(mem.peak)
+
+    def d50() -> None:
+        res["d50_c1"] = run_wrk(wrk, system.chat_url("d50"), system.body("d50"), system.key, 1, p.run_s).public()
+        time.sleep(p.settle_s)
+        r = run_wrk(wrk, system.chat_url("d50"), system.body("d50"), system.key, 256, p.run_s)
+        res["d50_c256"] = r.public()
+        log(f"{system.name}: 50 ms upstream c=256: {r.rps:.0f} req/s p99 {r.p99_ms} ms errors {r.errors}")
+
+    def ttft() -> None:
+        r = measure_ttft(system.chat_url("stream"), system.body("stream", stream=True), system.key, p.ttft_n)
+        res["ttft"] = r.public()
+        log(f"{system.name}: TTFT p50 {r.ttft_p50_ms} ms"
+            + (f" (streaming unsupported: {r.unsupported[:80]})" if r.unsupported else ""))
+
+    def jobs() -> None:
+        if system.has_jobs:
+            r = measure_jobs(wrk, system.jobs_url(), system.body("fast"), KEY, p.jobs_c, p.jobs_s, p.drain_timeout_s)
+            res["jobs"] = r.public()
+            log(f"{system.name}: jobs ingest {r.ingest_rps} /s, drain {r.drain_rps} /s ({r.sample_status})")
+
+    def burst() -> None:
+        with MemorySampler(system.pids(), interval_s=0.25) as mem:
+            r = run_burst(system.chat_url("d1000"), system.body("d1000"), system.key, p.burst, p.burst_timeout_s)
+        r.rss_peak = asdict(mem.peak)
+        res["burst"] = r.public()
+        log(f"{system.name}: {p.burst} concurrent @1 s: {r.ok} ok, {r.errors} errors {r.error_kinds or ''}, "
+            f"all done in {r.wall_s} s, peak RSS {mem.peak.rss_mb:.0f} MB")
+
+    step("idle memory", idle)
+    step("overhead header", overhead)
+    step("sweep", sweep)
+    if p.d50:
+        step("50 ms upstream", d50)
+    step("streaming TTFT", ttft)
+    step("async jobs", jobs)
+    if p.burst:
+        step(f"{p.burst} concurrent", burst)
+    if not system.alive():
+        res["died"] = "a process of the system exited during the run"
+
+
+def bench_system(system: System, wrk: str, p: Profile, res: dict) -> dict:
+    """Start, measure and stop one system, filling ``res`` as it goes (so an interrupt keeps what was measured)."""
+    res["name"] = system.name
+    # Other work on the machine (another test suite, a build) skews every figure: record it, warn in the table.
+    res["background_cpu"] = round(cpu_busy(1.0), 3)
+    if res["background_cpu"] > BUSY_WARN:
+        log(f"{system.name}: warning: the machine is {res['background_cpu']:.0%} busy before the run; "
+            f"figures will be noisy")
+    t0 = time.monotonic()
+    try:
+        log(f"{system.name}: starting")
+        system.start()
+        system.wait_ready(p.ready_timeout_s)
+        res["startup_s"] = round(time.monotonic() - t0, 2)
+        log(f"{system.name}: ready in {res['startup_s']} s; warming up")
+        warm_up(system, wrk, p)
+        time.sleep(p.settle_s)
+        measure(system, wrk, p, res)
+    except Exception as exc:  # noqa: BLE001 - report and go on with the next system
+        res["error"] = f"{type(exc).__name__}: {exc}"
+        log(f"{system.name}: FAILED: {exc}")
+    finally:
+        if res.get("error") or res.get("died") or res.get("step_errors"):
+            res["log_tail"] = {c.name: c.log_tail(25) for c in system.children}
+        system.stop()
+    return res
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+def _cmd_version(cmd: list[str]) -> str | None:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = (p.stdout + p.stderr).strip().splitlines()
+    return out[0].strip() if out else None
+
+
+def machine_info(tools: install.Tools) -> dict:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        kb = int(next(ln for ln in Path("/proc/meminfo").read_text().splitlines()
+                      if ln.startswith("MemTotal")).split()[1])
+        mem_gb = round(kb / 1024 / 1024, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    from shared.natsd import nats_server_binary
+
+    try:
+        nats = _cmd_version([nats_server_binary(), "--version"])
+    except FileNotFoundError:
+        nats = None
+    repo = Path(__file__).resolve().parent.parent
+    commit = _cmd_version(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
+    dirty = _cmd_version(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "kernel": platform.release(),
+        "os": _cmd_version(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "python": platform.python_version(), "nats_server": nats,
+        "litellm": version_of_litellm(tools.litellm_python),
+        "nginx": _cmd_version([tools.nginx, "-v"]) if tools.nginx else None,
+        "wrk": _cmd_version([tools.wrk, "-v"]) if tools.wrk else None,
+        "switchyard_commit": (commit or "?") + ("+dirty" if dirty else ""),
+    }
+
+
+def make_systems(names: list[str], procs: Procs, upstream: Upstream, workdir: Path, tools: install.Tools,
+                 split_targets: tuple[str, ...]) -> tuple[list[System], dict[str, str]]:
+    systems: list[System] = []
+    skipped: dict[str, str] = {}
+    for n in names:
+        if n == "direct":
+            systems.append(Direct(procs, upstream, workdir))
+        elif n == "sy-all":
+            systems.append(SwitchyardAll(procs, upstream, workdir))
+        elif n == "sy-split":
+            systems.append(SwitchyardSplit(procs, upstream, workdir, targets=split_targets))
+        elif n.startswith("litellm-"):
+            if tools.litellm is None:
+                skipped[n] = tools.problems.get("litellm", "litellm not installed")
+                continue
+            systems.append(LiteLLM(procs, upstream, workdir, litellm=tools.litellm, workers=int(n.split("-")[1])))
+    return systems, skipped
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help=f"~2 minute subset: {', '.join(QUICK_SYSTEMS)}; sweep 1 and 64; shorter runs")
+    ap.add_argument("--systems", help=f"comma list from {', '.join(ALL_SYSTEMS)} (default: all; --quick: "
+                                      f"{', '.join(QUICK_SYSTEMS)}); 'direct' is always added")
+    ap.add_argument("--duration", type=float, help="seconds per wrk run (sweep points)")
+    ap.add_argument("--sweep", help="comma list of concurrencies, e.g. 1,16,64,256")
+    ap.add_argument("--burst", type=int, help="concurrent requests against the 1 s upstream (default 5000; "
+                                              "--quick: 1000; 0 skips)")
+    ap.add_argument("--split-targets", default=",".join(SY_SPLIT_TARGETS),
+                    help="processes of sy-split (one --target each)")
+    ap.add_argument("--skip-install", action="store_true", help="do not apt-get/pip install anything")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, data) after the run")
+    ap.add_argument("--out", help="results JSON path (default bench/results/<timestamp>.json)")
+    return ap.parse_args(argv)
+
+
+def profile_from(args: argparse.Namespace) -> Profile:
+    p = QUICK if args.quick else FULL
+    p = Profile(**asdict(p))
+    if args.systems:
+        wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
+        unknown = [s for s in wanted if s not in ALL_SYSTEMS]
+        if unknown:
+            raise SystemExit(f"unknown system(s) {unknown}; known: {', '.join(ALL_SYSTEMS)}")
+        p.systems = tuple(["direct"] + [s for s in wanted if s != "direct"])
+    if args.duration:
+        p.run_s = args.duration
+        p.c1_s = max(args.duration, p.c1_s if not args.quick else args.duration)
+    if args.sweep:
+        p.sweep = tuple(int(c) for c in args.sweep.split(","))
+    if args.burst is not None:
+        p.burst = args.burst
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    p = profile_from(args)
+    started = dt.datetime.now(dt.timezone.utc)
+    workdir = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
+    procs = Procs(workdir / "logs")
+    atexit.register(procs.stop_all)
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    # Ctrl-C must always stop the run, even when started from a shell that ignores SIGINT for background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    nofile = raise_nofile(65536)
+    results: dict = {"started": started.isoformat(), "profile": asdict(p), "systems": {}, "skipped": {}}
+    interrupted = False
+    try:
+        need_litellm = any(s.startswith("litellm") for s in p.systems)
+        if args.skip_install:
+            tools = install.Tools(nginx=shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                                                   else None),
+                                  wrk=shutil.which("wrk"))
+            script = install.LITELLM_VENV / "bin" / "litellm"
+            if script.exists():
+                tools.litellm, tools.litellm_python = str(script), str(install.LITELLM_VENV / "bin" / "python")
+            else:
+                tools.problems["litellm"] = "not installed (--skip-install)"
+        else:
+            tools = install.ensure_all(need_litellm=need_litellm)
+        if tools.nginx is None or tools.wrk is None:
+            log("cannot run without nginx (with the echo module) and wrk: " + "; ".join(
+                f"{k}: {v}" for k, v in tools.problems.items()))
+            return 2
+        results["machine"] = machine_info(tools)
+        results["machine"]["open_files_limit"] = nofile
+        results["install_problems"] = tools.problems
+        log(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
+            f"profile {p.name}; systems {', '.join(p.systems)}")
+        upstream = Upstream(tools.nginx, procs, workdir)
+        upstream.start()
+        results["upstream"] = {"server": results["machine"]["nginx"], "port": upstream.port,
+                               "verify_s": upstream.verify(), "modes": {"fast": 0, "d50": 0.05, "d1000": 1.0}}
+        systems, skipped = make_systems(list(p.systems), procs, upstream, workdir, tools,
+                                        tuple(t for t in args.split_targets.split(",") if t))
+        results["skipped"] = skipped
+        for name, why in skipped.items():
+            log(f"{name}: skipped: {why}")
+        for system in systems:
+            res = results["systems"][system.name] = {}
+            if system.name == "direct":
+                res["note"] = "nginx upstream (1 worker process)"
+            bench_system(system, tools.wrk, p, res)
+    except KeyboardInterrupt as exc:
+        interrupted = True
+        log(f"interrupted ({str(exc) or 'Ctrl-C'}): stopping everything")
+    except Exception:  # noqa: BLE001
+        log("error:\n" + traceback.format_exc())
+        results["error"] = traceback.format_exc()
+    finally:
+        procs.stop_all()
+    results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
+    results["interrupted"] = interrupted
+    if results["systems"]:
+        table = render_table(results)
+        tg = render_targets(results)
+        results["targets"] = targets(results)
+        results["table"] = table
+        print()
+        print(f"Switchyard bench ({p.name}) {started:%Y-%m-%d %H:%M} UTC  -  "
+              f"{results.get('machine', {}).get('cpu', '?')}, {results.get('machine', {}).get('cores', '?')} cores")
+        print(table)
+        print()
+        print(tg)
+        for name, why in results.get("skipped", {}).items():
+            print(f"  {name}: skipped: {why}")
+        for name, s in results["systems"].items():
+            if s.get("error"):
+                print(f"  {name}: FAILED: {s['error'].splitlines()[0]}")
+            for step, err in s.get("step_errors", {}).items():
+                print(f"  {name}: {step} failed: {err.splitlines()[0]}")
+        out = Path(args.out) if args.out else RESULTS_DIR / f"{started:%Y%m%dT%H%M%SZ}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if any(s.get("log_tail") for s in results["systems"].values()) and (workdir / "logs").exists():
+            logs = out.with_name(out.stem + "-logs")
+            shutil.copytree(workdir / "logs", logs, dirs_exist_ok=True)
+            print(f"logs of the failed systems: {logs}")
+        out.write_text(json.dumps(results, indent=1, default=str))
+        print(f"\nraw results: {out}")
+    if args.keep:
+        log(f"kept {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 130 if interrupted else (1 if results.get("error") else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

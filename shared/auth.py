@@ -247,6 +247,7 @@ class KeyStore(KeyRing):
             check_name(e.team, "team")
         self._kv: KeyValue | None = None
         self._synced = asyncio.Event()
+        self._live = False  # the watch is following the bucket right now
         self.started = False
 
     async def start(self, bus: "Bus", timeout: float = 10.0) -> None:
@@ -302,6 +303,7 @@ class KeyStore(KeyRing):
                         if fresh is not None:
                             self._by_id, self._by_hash = fresh, {r.hash: r for r in fresh.values()}
                             fresh = None
+                            self._live = True
                             self._synced.set()
                         continue
                     if fresh is not None:
@@ -311,6 +313,7 @@ class KeyStore(KeyRing):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - watch again after a pause
+                self._live = False  # until the next full load, reads go to KV
                 log.warning("key watch failed, restarting: %r", exc)
                 await asyncio.sleep(0.5)
             finally:
@@ -344,9 +347,12 @@ class KeyStore(KeyRing):
     # ---- reads straight from KV ------------------------------------------------------------
 
     async def fetch(self, key_id: str) -> KeyRecord | None:
-        """The record as stored now; raises ServiceUnavailable when KV cannot answer (fail closed)."""
+        """The record as stored now: from the watched index while the watch is live (it follows every change
+        within milliseconds), else straight from KV; raises ServiceUnavailable when KV cannot answer."""
         if not SAFE_KEY_ID.match(key_id or ""):
             return None
+        if self._live:
+            return self._by_id.get(key_id)
         entry = await _kv_get(self._kv, key_id)
         return _decode(entry.value) if entry is not None else None
 

@@ -71,6 +71,8 @@ class RequestContext(Struct, frozen=True, kw_only=True, omit_defaults=True):
     store_text: bool = False  # the team lets audit keep completion text
     redactions: dict[str, int] | None = None  # PII kind → count replaced by placeholders (never the values)
     rate_headers: dict[str, str] | None = None  # x-ratelimit-* as of admission, for the response
+    # False once policy admitted the request without taking any rate quota or budget: nothing to settle.
+    holds_quota: bool = True
 
     def remaining(self, now: float | None = None) -> float:
         return self.deadline - (time.time() if now is None else now)

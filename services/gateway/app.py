@@ -188,7 +188,8 @@ class Gateway:
             emb = h.parse_embedding_request(await request.body(), self.settings.max_body_bytes)
             timeout = h.timeout_for(request.headers.get("x-switchyard-timeout"), self.settings.default_timeout_s,
                                     self.settings.max_timeout_s)
-            event = h.completion_requested(h.embedding_prompt(emb), principal, request_id=h.new_request_id(),
+            prompt = h.with_routing_headers(h.embedding_prompt(emb), request.headers)
+            event = h.completion_requested(prompt, principal, request_id=h.new_request_id(),
                                            origin=self.id, timeout_s=timeout, job=False, api=EMBEDDINGS.api,
                                            embedding=emb, data_class=request.headers.get(DATA_CLASS_HEADER))
             return await self._sync(request, EMBEDDINGS, event, started)
@@ -200,7 +201,8 @@ class Gateway:
         started = time.perf_counter()
         try:
             principal = self.principal(request)
-            chat = dialect.parse(await request.body(), self.settings.max_body_bytes)
+            chat = h.with_routing_headers(dialect.parse(await request.body(), self.settings.max_body_bytes),
+                                          request.headers)
             timeout = h.timeout_for(request.headers.get("x-switchyard-timeout"), self.settings.default_timeout_s,
                                     self.settings.max_timeout_s)
             rid = h.new_request_id()
@@ -337,7 +339,8 @@ class Gateway:
 
     async def submit_job(self, request: Request) -> Response:
         principal = self.principal(request)
-        chat = h.parse_chat_request(await request.body(), self.settings.max_body_bytes)
+        chat = h.with_routing_headers(h.parse_chat_request(await request.body(), self.settings.max_body_bytes),
+                                      request.headers)
         if chat.stream:
             raise InvalidRequest("a job cannot stream; send stream=false", param="stream")
         now = time.time()

@@ -83,7 +83,7 @@ def completion_requested(request: ChatRequest, principal: Principal, *, request_
 
 
 ROUTING_HEADER_PREFIX = "x-switchyard-"
-NOT_ROUTING = frozenset({"x-switchyard-timeout"})  # read by the gateway itself
+NOT_ROUTING = frozenset({"x-switchyard-timeout", "x-switchyard-data-class"})  # the gateway's and policy's own
 MAX_ROUTING_HEADERS = 32
 
 

@@ -347,11 +347,11 @@ def _need(store: Any, what: str) -> Any:
     return store
 
 
-async def admit(event: CompletionRequested, deps: PolicyDeps) -> list[Event]:
+async def admit(event: CompletionRequested, deps: PolicyDeps, delivery: int = 1) -> list[Event]:
     """Admit or deny one request (see the module docstring for the order of checks)."""
     notes = Notes()
     try:
-        return await _admit(event, deps, notes)
+        return await _admit(event, deps, notes, delivery)
     except Refused as exc:
         return [deny(event, exc.info, notes)]
     except SwitchyardError as exc:
@@ -363,7 +363,7 @@ async def admit(event: CompletionRequested, deps: PolicyDeps) -> list[Event]:
 async def admit_or_fail_closed(event: CompletionRequested, deps: PolicyDeps, delivery: int) -> list[Event]:
     """``admit``; when a check cannot be evaluated, retry once more (a redelivery), then deny with 503."""
     try:
-        return await admit(event, deps)
+        return await admit(event, deps, delivery)
     except Exception as exc:  # noqa: BLE001 - every failure to decide is a denial in the end
         if delivery < deps.settings.fail_closed_after:
             if isinstance(exc, SwitchyardError):
@@ -376,14 +376,21 @@ async def admit_or_fail_closed(event: CompletionRequested, deps: PolicyDeps, del
         return [deny(event, err.info())]
 
 
-async def _admit(event: CompletionRequested, deps: PolicyDeps, notes: Notes) -> list[Event]:
+async def _no_record() -> None:
+    return None
+
+
+async def _admit(event: CompletionRequested, deps: PolicyDeps, notes: Notes, delivery: int = 1) -> list[Event]:
     s, catalog, ctx, rid = deps.settings, deps.catalog, event.ctx, event.request_id
     if not (SAFE_REQUEST_ID.match(rid) and SAFE_NAME.match(ctx.tenant) and SAFE_NAME.match(ctx.team)
             and SAFE_KEY_ID.match(ctx.key_id)):
         raise InvalidRequest("the request carries identifiers outside the safe alphabet")
     teams, admissions = _need(deps.teams, "team store"), _need(deps.admissions, "admission store")
+    # A first delivery of a synchronous request cannot have an admission record yet (only a redelivery, or a
+    # job cancelled while queued, can), so it skips that read.
+    first = delivery <= 1 and not ctx.job
     key, team, record = await asyncio.gather(deps.keyring.fetch(ctx.key_id), teams.get(ctx.tenant, ctx.team),
-                                             admissions.get(rid))
+                                             _no_record() if first else admissions.get(rid))
     if record is not None and record.state != "open":
         return []  # the request already ended (e.g. a job cancelled while queued): nothing to admit
     now = deps.clock()
@@ -447,7 +454,8 @@ async def _admit(event: CompletionRequested, deps: PolicyDeps, notes: Notes) -> 
     notes.reserved_usd = to_usd(amount) if b_scopes else 0.0
     new_ctx = msgspec.structs.replace(ctx, data_class=data_class, store_text=eff.store_text,
                                       redactions=notes.pii if eff.pii_action == "redact" and notes.pii else None,
-                                      rate_headers=headers(gauges) or None)
+                                      rate_headers=headers(gauges) or None,
+                                      holds_quota=bool(r_scopes or b_scopes or record is not None))
     out: list[Event] = []
     if b_scopes:
         out.append(BudgetReserved(event_id=f"{rid}.budget.reserved", request_id=rid, ctx=new_ctx,
@@ -532,6 +540,8 @@ async def settle(event: TerminalEvent, deps: PolicyDeps) -> list[Event]:
     rid, s = event.request_id, deps.settings
     if not SAFE_REQUEST_ID.match(rid) or deps.clock() - event.ts > s.ignore_terminals_older_than_s:
         return []
+    if not event.ctx.holds_quota:
+        return []  # admitted without rate quota or budget: no record, nothing to settle or release
     admissions = _need(deps.admissions, "admission store")
     record = await admissions.get(rid)
     if record is None and isinstance(event, CompletionSucceeded):

@@ -307,6 +307,7 @@ class HealthStore:
         self._flushed: dict[str, float] = {}
         self._tasks: list[asyncio.Task] = []
         self._watchers: list = []
+        self._kick = asyncio.Event()  # publish soon: a deployment went idle or busy
         self._view = HealthView(self._brk, self._obs, self._budgets, self.configs, self.hs)
 
     @classmethod
@@ -441,8 +442,11 @@ class HealthStore:
                 log.warning("breaker %s unreadable, refusing the call: %r", dep, exc)
                 permit = Permit(granted=False, state=b.HALF_OPEN, reason="breaker_unavailable")
         if permit.granted:
-            self._own(dep).in_flight += 1
+            own = self._own(dep)
+            own.in_flight += 1
             self._dirty_obs.add(dep)
+            if own.in_flight == 1:
+                self._kick.set()
         return permit
 
     async def _cas_acquire(self, dep: str, cfg: BreakerSettings) -> Permit:
@@ -468,6 +472,8 @@ class HealthStore:
         own = self._own(dep)
         own.in_flight = max(0, own.in_flight - 1)
         self._dirty_obs.add(dep)
+        if own.in_flight == 0:
+            self._kick.set()  # an idle deployment should look idle to the routers at once
         ok = outcome == SUCCESS
         failed = outcome in FAILURES and (outcome != "rate_limited" or cfg.count_rate_limited)
         if ok:
@@ -566,12 +572,18 @@ class HealthStore:
     # ---- publishing our own records ----------------------------------------------------------
 
     async def _flush_loop(self) -> None:
+        """Publish every ``flush_interval_s``, or sooner when a deployment went idle or busy."""
         while True:
-            await asyncio.sleep(self.hs.flush_interval_s)
+            try:
+                await asyncio.wait_for(self._kick.wait(), self.hs.flush_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._kick.clear()
             try:
                 await self.flush()
             except Exception as exc:  # noqa: BLE001 - next round
                 log.debug("health flush failed: %r", exc)
+            await asyncio.sleep(min(0.005, self.hs.flush_interval_s))  # at most ~200 publishes a second
 
     async def flush(self) -> None:
         now = self.clock()

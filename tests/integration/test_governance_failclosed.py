@@ -18,7 +18,9 @@ async def cluster(tmp_path):
 @pytest.mark.parametrize("bucket, settings", [
     (BUDGETS, {"daily_budget_usd": 5}),   # a team with a budget: the reservation cannot be taken
     (TEAMS, {}),                          # the team's settings cannot be read (not taken for "no settings")
-    (ADMISSIONS, {}),                     # no budget, no limits: the admission cannot be recorded
+    # A team with a rate limit: its admission must be recorded and cannot be. (A team with neither limits nor a
+    # budget records nothing at admission, so a missing admission store changes nothing for it.)
+    (ADMISSIONS, {"rpm": 1000}),
 ])
 async def test_a_missing_bucket_denies_with_503(cluster, bucket, settings):
     http = cluster.http

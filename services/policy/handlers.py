@@ -45,7 +45,7 @@ from services.policy.settings import PolicySettings
 from services.policy.teams import TeamRecord, TeamStore
 from shared.auth import SAFE_KEY_ID, SAFE_NAME, KeyRecord, KeyRing
 from shared.canonical import ChatRequest, estimate_prompt_tokens, prompt_text
-from shared.catalog import Catalog, ModelSpec
+from shared.catalog import Catalog, ModelSpec, is_auto
 from shared.errors import (
     ContextLengthExceeded,
     ErrorInfo,
@@ -232,11 +232,16 @@ def check(request: ChatRequest, s: PolicySettings, catalog: Catalog) -> ChatRequ
     return request
 
 
-def check_allowed_model(model: str, *lists: list[str] | None) -> None:
-    for allowed in lists:
-        if allowed is not None and model not in allowed:
-            raise PermissionDenied(f"This key may not use the model '{model}'.", param="model",
-                                   code="model_not_allowed")
+def check_allowed_model(model: str, *lists: list[str] | None) -> list[str] | None:
+    """Refuse a model the key or team may not use; for ``auto``, the models it may choose among (None: any)."""
+    given = [set(allowed) for allowed in lists if allowed is not None]
+    if not given:
+        return None
+    if is_auto(model):
+        return sorted(set.intersection(*given))  # the router picks only among these
+    if any(model not in allowed for allowed in given):
+        raise PermissionDenied(f"This key may not use the model '{model}'.", param="model", code="model_not_allowed")
+    return None
 
 
 def output_tokens(request: ChatRequest, model: ModelSpec) -> int:
@@ -404,14 +409,15 @@ async def _admit(event: CompletionRequested, deps: PolicyDeps, notes: Notes, del
 
     # 2-3. limits, model, what this key and team may use
     request = check(event.request, s, catalog)
-    check_allowed_model(request.model, key.allowed_models, eff.allowed_models)
+    allowed_models = check_allowed_model(request.model, key.allowed_models, eff.allowed_models)
 
     # 4. data class → providers
     asked = (request.switchyard or {}).get("data_class")
     notes.data_class = data_class = effective_class(eff.data_class, ctx.data_class, asked)
     allowed = allowed_providers(catalog, data_class, key.allowed_providers, eff.allowed_providers)
     notes.allowed_providers = allowed
-    targets = [t for t in catalog.targets(request.model) if allowed is None or t.provider in allowed]
+    targets = [t for t in catalog.targets(request.model) if (allowed is None or t.provider in allowed)
+               and (allowed_models is None or t.model in allowed_models)]
     if not targets:
         raise PermissionDenied(f"No deployment of '{request.model}' may receive {data_class} data for this key; "
                                f"choose a model served by an allowed provider.", param="model",
@@ -461,7 +467,7 @@ async def _admit(event: CompletionRequested, deps: PolicyDeps, notes: Notes, del
         out.append(BudgetReserved(event_id=f"{rid}.budget.reserved", request_id=rid, ctx=new_ctx,
                                   amount_usd=to_usd(amount), scopes=notes.budgets))
     out.append(RequestAdmitted(event_id=f"{rid}.admitted", request_id=rid, ctx=new_ctx, request=request,
-                               embedding=event.embedding, allowed_providers=allowed,
+                               embedding=event.embedding, allowed_providers=allowed, allowed_models=allowed_models,
                                estimated_prompt_tokens=prompt_tokens, admission=notes.info("admitted")))
     return out
 

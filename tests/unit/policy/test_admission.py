@@ -143,6 +143,16 @@ async def test_keys_are_checked_at_admission(deps, key_id, status, code):
     assert isinstance(out, RequestDenied) and (out.error.status, out.error.code) == (status, code)
 
 
+async def test_auto_routing_is_narrowed_to_the_models_a_key_may_use(deps):
+    [ok] = await admit(req(key_id=MOCK_ONLY, request=chat("auto")), deps)
+    assert isinstance(ok, RequestAdmitted) and ok.allowed_models == ["mock-1"]
+    [named] = await admit(req(key_id=MOCK_ONLY, request=chat("mock-1"), rid="req_2"), deps)
+    assert isinstance(named, RequestAdmitted) and named.allowed_models is None
+    [free] = await admit(req(request=chat("auto"), rid="req_3"), deps)
+    assert isinstance(free, RequestAdmitted) and free.allowed_models is None
+    assert not free.ctx.holds_quota  # nothing reserved, nothing for settlement to read
+
+
 async def test_admits_with_clamped_output_cap_and_no_quota_when_none_is_configured(deps, kv):
     [ok] = await admit(req(request=chat(max_tokens=10**6)), deps)
     assert isinstance(ok, RequestAdmitted) and ok.event_id == "req_1.admitted"

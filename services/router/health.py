@@ -583,7 +583,8 @@ class HealthStore:
                 await self.flush()
             except Exception as exc:  # noqa: BLE001 - next round
                 log.debug("health flush failed: %r", exc)
-            await asyncio.sleep(min(0.005, self.hs.flush_interval_s))  # at most ~200 publishes a second
+            # Bounds the KV traffic: without it, sequential traffic flips idle/busy (and kicks) on every call.
+            await asyncio.sleep(self.hs.min_flush_gap_s)
 
     async def flush(self) -> None:
         now = self.clock()

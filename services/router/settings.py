@@ -26,6 +26,8 @@ class HealthSettings(BaseModel):
     """How observed health is shared through JetStream KV."""
 
     flush_interval_s: float = Field(0.1, gt=0, description="a process publishes its observations this often")
+    min_flush_gap_s: float = Field(0.1, ge=0, description="at least this long between two publishes of one "
+                                                           "process, however often calls start and end")
     heartbeat_s: float = Field(5.0, gt=0, description="records with calls in flight are republished this often")
     stale_after_s: float = Field(30.0, gt=0, description="in-flight counts of records older than this are ignored")
     latency_alpha: float = Field(0.3, gt=0, le=1, description="EWMA weight of a new latency sample")

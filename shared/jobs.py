@@ -35,6 +35,15 @@ async def get_job(kv: KeyValue, job_id: str) -> JobRecord | None:
     return job_decoder.decode(entry.value) if entry.value else None
 
 
+async def create_job(kv: KeyValue, record: JobRecord) -> bool:
+    """Write a new job's first record; False when one exists already (audit got there first)."""
+    try:
+        await kv.create(record.id, job_encoder.encode(record))
+        return True
+    except KeyWrongLastSequenceError:
+        return False
+
+
 async def advance_job(kv: KeyValue, job_id: str, change: Callable[[JobRecord | None], JobRecord | None],
                       attempts: int = 20) -> JobRecord | None:
     """Apply ``change`` to the stored record with compare-and-set; returns what is stored afterwards."""

@@ -9,7 +9,8 @@ sets are bounded (never a request id, key or team).
 from __future__ import annotations
 
 import contextvars
-import secrets
+import os
+import random
 from contextlib import contextmanager
 from typing import Iterator, Mapping
 
@@ -93,6 +94,7 @@ class Telemetry:
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint)))
         self.tracing = settings.otlp_endpoint is not None
+        self._ids = random.Random(int.from_bytes(os.urandom(32), "big") ^ os.getpid())
         # The trace context being carried through this task when spans are off (a per-task value).
         self._carried: contextvars.ContextVar[str | None] = contextvars.ContextVar("traceparent", default=None)
         self.tracer = provider.get_tracer("switchyard")
@@ -113,8 +115,8 @@ class Telemetry:
         return headers
 
     def new_traceparent(self) -> str:
-        """A fresh W3C ``traceparent`` for a request that arrived without one."""
-        return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+        """A fresh W3C ``traceparent`` for a request that arrived without one (ids need uniqueness, not secrecy)."""
+        return f"00-{self._ids.getrandbits(128):032x}-{self._ids.getrandbits(64):016x}-01"
 
     def extract(self, headers: Mapping[str, str] | None) -> Context:
         return self._propagator.extract(headers or {})

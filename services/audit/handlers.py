@@ -149,6 +149,7 @@ class AttemptRow(Struct, frozen=True, kw_only=True):
     cost_usd: float = 0.0
     error_code: str | None = None
     error_message: str | None = None
+    ttft_ms: float | None = None  # streamed attempts: time to the first chunk
 
 
 class LedgerRow(Struct, frozen=True, kw_only=True):
@@ -376,7 +377,7 @@ def _attempt_row(event: AnyEvent) -> AttemptRow | None:
     if isinstance(event, CompletionSucceeded):
         base = _attempt_base(event.request_id, event.attempt, FINAL_DELIVERY, event.target, SUCCESS, event.ts)
         return msgspec.structs.replace(base, latency_ms=event.latency_ms, cost_usd=event.cost_usd,
-                                       **_tokens(event.response.usage))
+                                       ttft_ms=event.ttft_ms, **_tokens(event.response.usage))
     if isinstance(event, AttemptAbandoned):
         # Delivery numbers start at 1; 0 is reserved for the attempt's own record.
         delivery = max(event.delivery, 1)

@@ -45,6 +45,7 @@ from sqlalchemy import (
     case,
     event,
     func,
+    inspect,
     select,
     update,
 )
@@ -119,6 +120,7 @@ def build_schema(prefix: str = "audit_") -> Schema:
         Column("cost_usd", Float, nullable=False, default=0.0),
         Column("error_code", String(128)),
         Column("error_message", Text),
+        Column("ttft_ms", Float),
     )
     ledger = Table(
         f"{prefix}ledger", md,
@@ -208,6 +210,7 @@ class AuditStore:
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(store.schema.metadata.create_all)
+                await conn.run_sync(_add_missing_columns, store.schema.metadata)
         except BaseException:
             await engine.dispose()
             raise
@@ -288,7 +291,7 @@ class AuditStore:
             set_={
                 **{name: on_resolve(name) for name in (
                     "outcome", "latency_ms", "prompt_tokens", "completion_tokens", "cached_tokens",
-                    "reasoning_tokens", "cost_usd", "error_code", "error_message")},
+                    "reasoning_tokens", "cost_usd", "error_code", "error_message", "ttft_ms")},
                 "ts": case((new.ts < t.c.ts, new.ts), else_=t.c.ts),
             },
         )
@@ -445,6 +448,24 @@ def _outcomes(attempts: list[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
+def _add_missing_columns(conn: Any, metadata: MetaData) -> None:
+    """Additive schema evolution: columns added since a table was created are added to it (nullable).
+
+    ``create_all`` only creates missing tables; a database from an earlier version keeps working after an
+    upgrade that adds columns. Removing or changing columns is not done here, by design.
+    """
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have:
+                if not column.nullable and column.default is None:
+                    raise RuntimeError(f"{table.name}.{column.name} is new and NOT NULL without a default: "
+                                       f"migrate it by hand")
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}')
+
+
 def _attempt_view(row: Any, why: Any = None) -> dict[str, Any]:
     routing = {} if why is None else {
         "kind": why["kind"], "breaker_state": why["breaker_state"] or None, "reason": why["reason"] or None,
@@ -460,6 +481,7 @@ def _attempt_view(row: Any, why: Any = None) -> dict[str, Any]:
         "outcome": row["outcome"],
         "ts": row["ts"],
         "latency_ms": row["latency_ms"],
+        "ttft_ms": row["ttft_ms"],
         "prompt_tokens": row["prompt_tokens"],
         "completion_tokens": row["completion_tokens"],
         "cost_usd": row["cost_usd"],

@@ -38,6 +38,18 @@ async def test_stream_matches_non_stream_and_ends_with_usage(system):
     assert len(ids) == 1
 
 
+async def test_time_to_first_token_is_in_the_trace(system):
+    raw = await sdk(system).chat.completions.with_raw_response.create(
+        model="mock-1", messages=MSG, stream=True, extra_body={"switchyard": {"mock": {"latency_ms": 40}}})
+    [c async for c in raw.parse()]
+    trace = await wait_trace(system, raw.headers["x-request-id"], "succeeded")
+    [attempt] = trace["attempts"]
+    assert attempt["ttft_ms"] is not None and attempt["ttft_ms"] >= 40
+    assert attempt["latency_ms"] >= attempt["ttft_ms"]
+    metrics = (await system.http.get("/metrics")).text
+    assert 'switchyard_time_to_first_token_seconds_count{gen_ai_provider_name="mock"}' in metrics
+
+
 async def test_stream_falls_back_before_first_chunk(system):
     stream = await sdk(system).chat.completions.create(model="resilient", messages=MSG, stream=True)
     chunks = [c async for c in stream]

@@ -13,7 +13,7 @@ import socket
 import uuid
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from services.audit.handlers import build_rows
 from services.audit.store import AuditStore
@@ -402,3 +402,23 @@ async def test_open_is_repeatable(store: AuditStore, tmp_path) -> None:
         await again.ping()
     finally:
         await again.close()
+
+
+async def test_a_database_from_an_earlier_version_gains_new_columns(store: AuditStore) -> None:
+    """Columns added since a table was created (here: ttft_ms) are added when the store opens."""
+    attempts = store.schema.attempts.name
+    async with store.engine.begin() as conn:
+        await conn.exec_driver_sql(f"ALTER TABLE {attempts} DROP COLUMN ttft_ms")
+    url = store.engine.url.render_as_string(hide_password=False)
+    reopened = await AuditStore.open(url, prefix=attempts[: -len("attempts")])
+    try:
+        async with reopened.engine.connect() as conn:
+            cols = await conn.run_sync(lambda c: {x["name"] for x in inspect(c).get_columns(attempts)})
+        assert "ttft_ms" in cols
+        story = Story("r-migrated")
+        await apply(reopened, [story.requested(), story.admitted(), story.dispatched(1, OPENAI, 0.1),
+                               story.succeeded(1, OPENAI, 0.9, cost=0.001)])
+        trace = await reopened.trace("r-migrated", "acme")
+        assert trace is not None and trace["attempts"][0]["outcome"] == "success"
+    finally:
+        await reopened.close()

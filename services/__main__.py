@@ -21,6 +21,9 @@ def cli() -> None:
     args = p.parse_args()
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per upstream call is noise at INFO (and measurable CPU at volume): keep their warnings only.
+    for chatty in ("httpx", "httpcore", "aiohttp.access"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     targets = parse_targets(args.target)
     server = None
     if args.embedded_nats or settings.embedded_nats:

@@ -12,10 +12,10 @@ import contextlib
 import logging
 from typing import AsyncIterator
 
-import httpx
 
 from services.bootstrap import Deps
 from services.workers.adapters import adapter_class
+from services.workers.adapters.transport import AiohttpTransport
 from services.router.health import HealthStore
 from services.workers.handlers import WorkerDeps, attempt
 from shared.bus import Delivery, Subscription
@@ -54,11 +54,9 @@ def durable(provider: str) -> str:
     return f"worker-{provider}"
 
 
-def http_client(spec: ProviderSpec, pool: int) -> httpx.AsyncClient:
-    """One pooled keep-alive client per provider, created once."""
-    size = min(pool, spec.max_in_flight)
-    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size, keepalive_expiry=30)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s))
+def http_client(spec: ProviderSpec, pool: int) -> AiohttpTransport:
+    """One pooled keep-alive client per provider, created once (aiohttp: see adapters/transport.py for why)."""
+    return AiohttpTransport(max_connections=min(pool, spec.max_in_flight))
 
 
 async def run(deps: Deps, arg: str | None = None) -> None:

@@ -236,7 +236,9 @@ async def test_provider_status_shows_live_health_and_metrics(routed):
         r = await routed.http.get("/v1/providers/status")
         assert r.status_code == 200
         rows = {row["deployment"]: row for row in r.json()["data"]}
-        if rows["mock-a/r-cheap"]["latency_source"] == "observed":
+        row = rows["mock-a/r-cheap"]
+        # Observations are published at most every min_flush_gap_s: wait for all three calls to show.
+        if row["latency_source"] == "observed" and row["samples"] >= 3 and row["in_flight"] == 0:
             break
         assert time.monotonic() < deadline, rows["mock-a/r-cheap"]
         await asyncio.sleep(0.05)

@@ -28,6 +28,13 @@ from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Protocol
 import httpx
 import msgspec
 
+from services.workers.adapters.transport import (
+    Response,
+    Transport,
+    TransportError,
+    TransportTimeout,
+    as_transport,
+)
 from shared.canonical import (
     ChatRequest,
     ChatResponse,
@@ -330,7 +337,7 @@ class SSEParser:
         return [e for line in text.splitlines() if (e := self.feed_line(line)) is not None]
 
 
-async def sse_events(resp: httpx.Response) -> AsyncIterator[SSEEvent]:
+async def sse_events(resp: Response) -> AsyncIterator[SSEEvent]:
     """The events of an SSE response body; an event left incomplete at EOF is discarded, as the spec says."""
     parser = SSEParser()
     async for line in resp.aiter_lines():
@@ -385,9 +392,9 @@ _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, KeyError, TypeEr
 class HttpAdapter:
     """Shared transport for adapters that speak HTTP: subclasses build, parse and read error bodies."""
 
-    def __init__(self, spec: ProviderSpec, client: httpx.AsyncClient) -> None:
+    def __init__(self, spec: ProviderSpec, client: Transport | httpx.AsyncClient) -> None:
         self.spec = spec
-        self.client = client
+        self.client = as_transport(client)
         self.api_key = spec.credential()
         # Refusals name the provider as the operator configured it, and its type when that differs.
         self.label = spec.name if spec.name == spec.type else f"{spec.name} ({spec.type})"
@@ -423,13 +430,13 @@ class HttpAdapter:
     def map_error(self, status: int, data: bytes, headers: Mapping[str, str]) -> UpstreamError:
         return classify(self.spec.name, status, self.error_message(data), headers)
 
-    def stream_events(self, resp: httpx.Response) -> AsyncIterator[Any]:
+    def stream_events(self, resp: Response) -> AsyncIterator[Any]:
         """The provider events of a streaming response: SSE unless the wire format says otherwise."""
         return sse_events(resp)
 
     # -- transport --
-    def _timeout(self, timeout_s: float) -> httpx.Timeout:
-        return httpx.Timeout(timeout_s, connect=min(self.spec.connect_timeout_s, timeout_s))
+    def _connect_s(self, timeout_s: float) -> float:
+        return min(self.spec.connect_timeout_s, timeout_s)
 
     def _timed_out(self, timeout_s: float, exc: BaseException) -> UpstreamTimeout:
         return UpstreamTimeout(f"{self.spec.name} did not answer within {timeout_s:.1f}s ({type(exc).__name__})")
@@ -437,35 +444,36 @@ class HttpAdapter:
     def _unreachable(self, exc: BaseException) -> UpstreamUnavailable:
         return UpstreamUnavailable(f"{self.spec.name} unreachable: {type(exc).__name__}: {scrub(str(exc))}")
 
-    async def send(self, up: UpstreamRequest, timeout_s: float) -> httpx.Response:
-        # httpx's timeout bounds each read; the asyncio one bounds the whole call (a slow drip is a timeout too).
+    async def send(self, up: UpstreamRequest, timeout_s: float) -> bytes:
+        """The body of a successful answer; errors mapped. The whole call is bounded (a slow drip times out too)."""
         try:
             async with asyncio.timeout(timeout_s):
-                resp = await self.client.request(up.method, up.url, headers=up.headers, content=up.body,
-                                                 params=up.params, timeout=self._timeout(timeout_s))
-        except (httpx.TimeoutException, TimeoutError) as exc:
+                status, headers, body = await self.client.request(
+                    up.method, up.url, headers=up.headers, content=up.body, params=up.params,
+                    connect_timeout_s=self._connect_s(timeout_s))
+        except (TransportTimeout, TimeoutError) as exc:
             raise self._timed_out(timeout_s, exc) from None
-        except httpx.HTTPError as exc:
+        except TransportError as exc:
             raise self._unreachable(exc) from None
-        if resp.status_code >= 400:
-            raise self.map_error(resp.status_code, resp.content, resp.headers)
-        return resp
+        if status >= 400:
+            raise self.map_error(status, body, headers)
+        return body
 
     def _unreadable(self, exc: BaseException) -> UpstreamBadResponse:
         return UpstreamBadResponse(f"{self.spec.name} sent an unreadable response: "
                                    f"{type(exc).__name__}: {scrub(str(exc))}")
 
     async def complete(self, request: ChatRequest, target: Target, timeout_s: float) -> ChatResponse:
-        resp = await self.send(self.build_request(request, target), timeout_s)
+        body = await self.send(self.build_request(request, target), timeout_s)
         try:
-            return self.parse_response(resp.content, request, target)
+            return self.parse_response(body, request, target)
         except _DECODE_ERRORS as exc:
             raise self._unreadable(exc) from None
 
     async def embed(self, request: EmbeddingRequest, target: Target, timeout_s: float) -> EmbeddingResponse:
-        resp = await self.send(self.build_embed_request(request, target), timeout_s)
+        body = await self.send(self.build_embed_request(request, target), timeout_s)
         try:
-            return self.parse_embed_response(resp.content, request, target)
+            return self.parse_embed_response(body, request, target)
         except _DECODE_ERRORS as exc:
             raise self._unreadable(exc) from None
 
@@ -479,12 +487,12 @@ class HttpAdapter:
                 async with asyncio.timeout_at(deadline):
                     resp = await stack.enter_async_context(
                         self.client.stream(up.method, up.url, headers=up.headers, content=up.body,
-                                           params=up.params, timeout=self._timeout(timeout_s)))
+                                           params=up.params, connect_timeout_s=self._connect_s(timeout_s)))
                     if resp.status_code >= 400:
                         raise self.map_error(resp.status_code, await resp.aread(), resp.headers)
-            except (httpx.TimeoutException, TimeoutError) as exc:
+            except (TransportTimeout, TimeoutError) as exc:
                 raise self._timed_out(timeout_s, exc) from None
-            except httpx.HTTPError as exc:
+            except TransportError as exc:
                 raise self._unreachable(exc) from None
             events = await stack.enter_async_context(contextlib.aclosing(self.stream_events(resp)))
             while not decoder.done:
@@ -492,9 +500,9 @@ class HttpAdapter:
                 try:
                     async with asyncio.timeout_at(deadline):
                         event = await anext(events, None)
-                except (httpx.TimeoutException, TimeoutError) as exc:
+                except (TransportTimeout, TimeoutError) as exc:
                     raise self._timed_out(timeout_s, exc) from None
-                except httpx.HTTPError as exc:
+                except TransportError as exc:
                     raise stream_cut(self.spec.name, f"connection failed mid-stream ({type(exc).__name__}: "
                                                      f"{scrub(str(exc), 200)})") from None
                 if event is None:

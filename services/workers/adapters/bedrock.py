@@ -64,6 +64,7 @@ from services.workers.adapters.base import (
     stream_cut,
     stream_error,
 )
+from services.workers.adapters.transport import Response, Transport
 from shared.canonical import (
     ChatRequest,
     ChatResponse,
@@ -395,7 +396,8 @@ def resolve_credentials(spec: ProviderSpec, env: Mapping[str, str] | None = None
 class BedrockAdapter(HttpAdapter):
     """Bedrock's Converse API, SigV4-signed."""
 
-    def __init__(self, spec: ProviderSpec, client: httpx.AsyncClient, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, spec: ProviderSpec, client: Transport | httpx.AsyncClient,
+                 env: Mapping[str, str] | None = None) -> None:
         super().__init__(spec, client)
         env = os.environ if env is None else env
         self.region = str(spec.options.get("region") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
@@ -434,7 +436,7 @@ class BedrockAdapter(HttpAdapter):
     def stream_decoder(self, request: ChatRequest, target: Target) -> ConverseStreamDecoder:
         return ConverseStreamDecoder(self.spec.name, target.upstream_model, json_mode(request))
 
-    async def stream_events(self, resp: httpx.Response) -> AsyncIterator[EventStreamMessage]:
+    async def stream_events(self, resp: Response) -> AsyncIterator[EventStreamMessage]:
         buffer = EventStreamBuffer()
         fed = consumed = 0
         async for data in resp.aiter_bytes():

@@ -70,8 +70,6 @@ class Subscription:
     durable: str
     subjects: tuple[str, ...]
     settings: ConsumerSettings = field(default_factory=ConsumerSettings)
-    # One ack covers every earlier message: for in-order batch consumers (one ack per batch).
-    ack_all: bool = False
     # Safe to recreate and replay from the start (an idempotent reader such as audit) when its
     # configuration changes in a way JetStream cannot update in place.
     replayable: bool = False
@@ -165,7 +163,9 @@ class Bus:
             durable_name=sub.durable,
             filter_subjects=list(sub.subjects) if len(sub.subjects) > 1 else None,
             filter_subject=sub.subjects[0] if len(sub.subjects) == 1 else None,
-            ack_policy=AckPolicy.ALL if sub.ack_all else AckPolicy.EXPLICIT,
+            # Explicit acks only: replicas share a consumer, and an "ack all" from one would acknowledge
+            # messages another replica is still handling.
+            ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=cs.ack_wait_s,
             max_deliver=cs.max_deliver,
@@ -375,11 +375,8 @@ class Bus:
             await asyncio.gather(*(_quiet(d.msg.nak(delay=backoff(d.num_delivered))) for _, d in items))
             metrics.events.labels(service, "batch", "nak").inc(len(items))
             return
-        if sub.ack_all:
-            # Batches are handled in delivery order, so acking the last message acks the whole batch.
-            await _quiet(msgs[-1].ack())
-        else:
-            await asyncio.gather(*(_quiet(d.msg.ack()) for _, d in items))
+        # The acks go out together: one socket write for the batch.
+        await asyncio.gather(*(_quiet(d.msg.ack()) for _, d in items))
         metrics.events.labels(service, "batch", "ack").inc(len(items))
         metrics.handler_duration.labels(service, "batch").observe(time.perf_counter() - started)
 

@@ -88,7 +88,7 @@ async def run(deps: Deps, arg: str | None = None) -> None:
         await store.close()
 
     deps.on_stop.append(stop)
-    sub = Subscription(DURABLE, ("sy.evt.>",), s.consumer, ack_all=True, replayable=True)
+    sub = Subscription(DURABLE, ("sy.evt.>",), s.consumer, replayable=True)
     await deps.bus.ensure_consumer(sub)
     deps.ready["audit"] = True
     await deps.bus.consume_batches("audit", sub, handle)

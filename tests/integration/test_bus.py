@@ -106,17 +106,21 @@ async def test_job_records_only_move_forward(bus):
 
 
 async def test_consumer_shape_changes(bus):
+    """A change JetStream cannot make in place (here: the ack policy) is refused for ordinary consumers, whose
+    replay could re-run old requests, and recreated for replayable (idempotent) ones."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
     settings = ConsumerSettings()
-    await bus.ensure_consumer(Subscription("t-shape", ("sy.evt.requested",), settings))
-    # An ack-policy change cannot be made in place: refused for ordinary consumers ...
+
+    # Simulate a consumer made by an older version with another ack policy.
+    await bus.js.delete_consumer(bus.settings.stream, "t-shape")
+    await bus.js.add_consumer(bus.settings.stream, ConsumerConfig(durable_name="t-shape", ack_policy=AckPolicy.ALL,
+                                                                  filter_subject="sy.evt.requested"))
     with pytest.raises(RuntimeError, match="cannot be updated in place"):
-        await bus.ensure_consumer(Subscription("t-shape", ("sy.evt.requested",), settings, ack_all=True))
-    # ... and recreated for replayable (idempotent) ones.
-    await bus.ensure_consumer(Subscription("t-shape", ("sy.evt.requested",), settings, ack_all=True,
-                                           replayable=True))
+        await bus.ensure_consumer(Subscription("t-shape", ("sy.evt.requested",), settings))
+    await bus.ensure_consumer(Subscription("t-shape", ("sy.evt.requested",), settings, replayable=True))
     info = await bus.js.consumer_info(bus.settings.stream, "t-shape")
-    assert str(getattr(info.config.ack_policy, "value", info.config.ack_policy)) == "all"
+    assert str(getattr(info.config.ack_policy, "value", info.config.ack_policy)) == "explicit"
     # A change JetStream can apply in place (ack wait) is just applied.
-    await bus.ensure_consumer(Subscription("t-shape", ("sy.evt.requested",),
-                                           ConsumerSettings(ack_wait_s=7), ack_all=True, replayable=True))
+    await bus.ensure_consumer(Subscription("t-shape", ("sy.evt.requested",), ConsumerSettings(ack_wait_s=7)))
     assert (await bus.js.consumer_info(bus.settings.stream, "t-shape")).config.ack_wait == 7

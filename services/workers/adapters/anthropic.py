@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import msgspec
 
 from services.workers.adapters.base import (
+    add_turn,
     JSON_TOOL,
     HttpAdapter,
     SSEEvent,
@@ -153,12 +154,7 @@ def messages_body(provider: str, request: ChatRequest, model: str, default_max_t
     turns: list[dict[str, Any]] = []
 
     def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+        add_turn(turns, role, blocks, "content")
 
     for i, m in enumerate(request.messages):
         if m.name and m.role != "tool":

@@ -205,6 +205,20 @@ _NO_OP: dict[str, Any] = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0,
                           "top_logprobs": 0, "parallel_tool_calls": True}
 
 
+def add_turn(turns: list[dict[str, Any]], role: str, items: list[dict[str, Any]], key: str = "content") -> None:
+    """Append ``items`` as a ``role`` turn, merged into the previous turn of the same role.
+
+    Anthropic, Bedrock and Gemini require roles to alternate, while the canonical request may hold
+    consecutive messages of one role (e.g. a tool result followed by a user message).
+    """
+    if not items:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(items)
+    else:
+        turns.append({"role": role, key: items})
+
+
 def is_set(name: str, value: Any) -> bool:
     """Did the client really ask for ``name`` (a no-op or empty value does not count)?"""
     if value is None or value in ([], {}, ""):

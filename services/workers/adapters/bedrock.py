@@ -49,6 +49,7 @@ from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
 
 from services.workers.adapters.base import (
+    add_turn,
     JSON_TOOL,
     HttpAdapter,
     UpstreamRequest,
@@ -157,12 +158,7 @@ def converse_body(provider: str, request: ChatRequest, extra: Mapping[str, Any] 
     used_tools = False
 
     def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+        add_turn(turns, role, blocks, "content")
 
     for i, m in enumerate(request.messages):
         if m.name and m.role != "tool":

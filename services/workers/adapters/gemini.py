@@ -34,6 +34,7 @@ from urllib.parse import quote
 import msgspec
 
 from services.workers.adapters.base import (
+    add_turn,
     MAX_RETRY_AFTER_S,
     HttpAdapter,
     SSEEvent,
@@ -152,12 +153,7 @@ def generate_body(provider: str, request: ChatRequest) -> dict[str, Any]:
     call_names: dict[str, str] = {}
 
     def add(role: str, parts: list[dict[str, Any]]) -> None:
-        if not parts:
-            return
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
+        add_turn(contents, role, parts, "parts")
 
     for i, m in enumerate(request.messages):
         if m.name and m.role != "tool":

@@ -84,11 +84,6 @@ class Delivery:
     stream_seq: int
     msg: Msg | None = None
 
-    async def in_progress(self) -> None:
-        """Tell JetStream the work goes on (resets the ack timer)."""
-        if self.msg is not None:
-            await self.msg.in_progress()
-
 
 def backoff(num_delivered: int, base: float = 0.25, cap: float = 10.0) -> float:
     """Redelivery delay after ``num_delivered`` failed deliveries."""
@@ -380,10 +375,6 @@ class Bus:
         metrics.events.labels(service, "batch", "ack").inc(len(items))
         metrics.handler_duration.labels(service, "batch").observe(time.perf_counter() - started)
 
-    async def pending(self, durable: str) -> int:
-        """Messages the consumer has not yet delivered (its lag)."""
-        info = await self.js.consumer_info(self.settings.stream, durable)
-        return info.num_pending or 0
 
 
 class PullLoop:

@@ -63,8 +63,6 @@ class Metrics:
                             ["gen_ai_provider_name", "gen_ai_request_model"], registry=r)
         self.ttft = Histogram("switchyard_time_to_first_token_seconds", "Streaming time to first token",
                               ["gen_ai_provider_name"], buckets=LATENCY_BUCKETS, registry=r)
-        self.audit_lag = Gauge("switchyard_audit_pending_events", "Events the audit consumer has yet to read",
-                               registry=r)
         self.breaker_state = Gauge("switchyard_circuit_breaker_state",
                                    "Circuit breaker state per deployment (1 for the current state, else 0)",
                                    ["deployment", "gen_ai_provider_name", "state"], registry=r)

@@ -91,9 +91,6 @@ class Waiters:
         if fut is not None and not fut.done():
             fut.set_result(event)
 
-    def __len__(self) -> int:
-        return len(self._futures)
-
 
 class Timeout:
     """Marker: the request's deadline passed while waiting for its stream."""

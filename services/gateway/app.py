@@ -66,7 +66,6 @@ from shared.jobs import JOBS, advance_job, create_job, get_job
 from shared.openai_format import model_list
 
 log = logging.getLogger("switchyard.gateway")
-DATA_CLASS_HEADER = "x-switchyard-data-class"
 RPC_TRACE = "sy.rpc.audit.trace"
 RPC_LEDGER = "sy.rpc.audit.ledger"
 _terminal_decoder = msgspec.json.Decoder(TerminalEvent)
@@ -186,10 +185,10 @@ class Gateway:
             emb = h.parse_embedding_request(await request.body(), self.settings.max_body_bytes)
             timeout = h.timeout_for(request.headers.get("x-switchyard-timeout"), self.settings.default_timeout_s,
                                     self.settings.max_timeout_s)
-            prompt = h.with_routing_headers(h.embedding_prompt(emb), request.headers)
-            event = h.completion_requested(prompt, principal, request_id=h.new_request_id(),
+            event = h.completion_requested(h.embedding_prompt(emb), principal, request.headers,
+                                           request_id=h.new_request_id(),
                                            origin=self.id, timeout_s=timeout, job=False, api=EMBEDDINGS.api,
-                                           embedding=emb, data_class=request.headers.get(DATA_CLASS_HEADER))
+                                           embedding=emb)
             return await self._sync(request, EMBEDDINGS, event, started)
         except SwitchyardError as exc:
             return self._error(EMBEDDINGS, exc.info(), None)
@@ -199,14 +198,12 @@ class Gateway:
         started = time.perf_counter()
         try:
             principal = self.principal(request)
-            chat = h.with_routing_headers(dialect.parse(await request.body(), self.settings.max_body_bytes),
-                                          request.headers)
+            chat = dialect.parse(await request.body(), self.settings.max_body_bytes)
             timeout = h.timeout_for(request.headers.get("x-switchyard-timeout"), self.settings.default_timeout_s,
                                     self.settings.max_timeout_s)
             rid = h.new_request_id()
-            event = h.completion_requested(chat, principal, request_id=rid, origin=self.id, timeout_s=timeout,
-                                           job=False, api=dialect.api,
-                                           data_class=request.headers.get(DATA_CLASS_HEADER))
+            event = h.completion_requested(chat, principal, request.headers, request_id=rid, origin=self.id,
+                                           timeout_s=timeout, job=False, api=dialect.api)
             if chat.stream:
                 return await self._stream(request, dialect, event, started)
             return await self._sync(request, dialect, event, started)
@@ -337,14 +334,12 @@ class Gateway:
 
     async def submit_job(self, request: Request) -> Response:
         principal = self.principal(request)
-        chat = h.with_routing_headers(h.parse_chat_request(await request.body(), self.settings.max_body_bytes),
-                                      request.headers)
+        chat = h.parse_chat_request(await request.body(), self.settings.max_body_bytes)
         if chat.stream:
             raise InvalidRequest("a job cannot stream; send stream=false", param="stream")
         now = time.time()
         rid = h.new_request_id("job_")
-        event = h.completion_requested(chat, principal, request_id=rid, origin=JOB_ORIGIN,
-                                       data_class=request.headers.get(DATA_CLASS_HEADER),
+        event = h.completion_requested(chat, principal, request.headers, request_id=rid, origin=JOB_ORIGIN,
                                        timeout_s=self.settings.job_timeout_s, job=True, now=now)
         record = JobRecord(id=rid, tenant=principal.tenant, team=principal.team, model=chat.model, status="queued",
                            created_at=now, key_id=principal.key_id, deadline=event.ctx.deadline)

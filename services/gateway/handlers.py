@@ -75,26 +75,29 @@ def timeout_for(header: str | None, default_s: float, max_s: float) -> float:
     return value
 
 
-def completion_requested(request: ChatRequest, principal: Principal, *, request_id: str, origin: str,
-                         timeout_s: float, job: bool, now: float | None = None,
+DATA_CLASS_HEADER = "x-switchyard-data-class"
+
+
+def completion_requested(request: ChatRequest, principal: Principal, headers: Mapping[str, str], *,
+                         request_id: str, origin: str, timeout_s: float, job: bool, now: float | None = None,
                          api: str = "chat.completions",
-                         embedding: EmbeddingRequest | None = None,
-                         data_class: str | None = None) -> CompletionRequested:
+                         embedding: EmbeddingRequest | None = None) -> CompletionRequested:
     """The event that puts a request on the bus. Attribution comes only from the key.
 
-    ``data_class`` is what the client declared (``x-switchyard-data-class``); policy lets it only raise the
-    team's class, never lower it.
+    From the client's ``headers`` it takes the routing hints (``x-switchyard-*``, see ``with_routing_headers``)
+    and the declared data class (``x-switchyard-data-class``), which policy lets only raise the team's class.
     """
     now = time.time() if now is None else now
+    request = with_routing_headers(request, headers)
     ctx = RequestContext(tenant=principal.tenant, team=principal.team, key_id=principal.key_id, origin=origin,
                          deadline=now + timeout_s, received_at=now, job=job, stream=request.stream, api=api,
-                         data_class=data_class)
+                         data_class=headers.get(DATA_CLASS_HEADER))
     return CompletionRequested(event_id=f"{request_id}.requested", request_id=request_id, ts=now, ctx=ctx,
                                request=request, embedding=embedding)
 
 
 ROUTING_HEADER_PREFIX = "x-switchyard-"
-NOT_ROUTING = frozenset({"x-switchyard-timeout", "x-switchyard-data-class"})  # the gateway's and policy's own
+NOT_ROUTING = frozenset({"x-switchyard-timeout", DATA_CLASS_HEADER})  # the gateway's and policy's own
 MAX_ROUTING_HEADERS = 32
 
 

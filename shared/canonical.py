@@ -170,9 +170,10 @@ def estimate_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
-def estimate_prompt_tokens(request: ChatRequest) -> int:
-    """Estimated prompt tokens including per-message overhead."""
-    return estimate_tokens(prompt_text(request)) + 4 * len(request.messages)
+def estimate_prompt_tokens(request: ChatRequest, text: str | None = None) -> int:
+    """Estimated prompt tokens including per-message overhead; ``text`` is ``prompt_text(request)`` when the
+    caller has it already (building it walks the whole prompt)."""
+    return estimate_tokens(prompt_text(request) if text is None else text) + 4 * len(request.messages)
 
 
 class EmbeddingRequest(Struct, kw_only=True, omit_defaults=True):

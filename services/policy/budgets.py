@@ -46,7 +46,7 @@ import msgspec
 from msgspec import Struct
 from nats.js.kv import KeyValue
 
-from services.policy.kv import Codec, cas, read
+from services.policy.kv import Codec, cas, read, scope_label
 
 NANO = 1_000_000_000
 PERIODS = ("daily", "monthly")
@@ -121,9 +121,7 @@ class Scope(Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     @property
     def label(self) -> str:
-        """``team acme/ml`` or ``key 1a2b…``, for messages."""
-        kind, _, rest = self.key.partition(".")
-        return f"team {rest.replace('.', '/')}" if kind == "team" else f"key {rest}"
+        return scope_label(self.key)
 
 
 class Refusal(Struct, frozen=True, kw_only=True):

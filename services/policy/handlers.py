@@ -214,13 +214,14 @@ def check(request: ChatRequest, s: PolicySettings, catalog: Catalog) -> ChatRequ
     for i, m in enumerate(request.messages):
         if m.role == "tool" and not m.tool_call_id:
             raise InvalidRequest("a tool message needs tool_call_id", param=f"messages[{i}].tool_call_id")
-    if len(prompt_text(request)) > s.max_prompt_chars:
+    text = prompt_text(request)  # built once: a prompt can be megabytes
+    if len(text) > s.max_prompt_chars:
         raise PayloadTooLarge(f"the prompt is longer than {s.max_prompt_chars} characters", param="messages")
     model = catalog.model_for(request.model)
     if model is None or not catalog.targets(request.model):
         raise NotFound(f"The model '{request.model}' does not exist or is not available on this gateway.",
                        param="model", code="model_not_found")
-    prompt_tokens = estimate_prompt_tokens(request)
+    prompt_tokens = estimate_prompt_tokens(request, text)
     if prompt_tokens >= model.context_window:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {model.context_window} tokens; the messages are about "
@@ -260,12 +261,14 @@ def max_cost_usd(request: ChatRequest, models: list[ModelSpec], prompt_tokens: i
     return worst * margin
 
 
-def estimate(request: ChatRequest, models: list[ModelSpec], generates: bool = True) -> tuple[int, int]:
+def estimate(request: ChatRequest, models: list[ModelSpec], generates: bool = True,
+             prompt_tokens: int | None = None) -> tuple[int, int]:
     """What admission takes for a request that may run on ``models``: the reservation (nano-USD, rounded up)
     and the tokens counted against TPM (prompt estimate plus the largest output cap; an embeddings request,
     ``generates=False``, has no output)."""
     unique = list({m.name: m for m in models}.values())
-    prompt_tokens = estimate_prompt_tokens(request)
+    if prompt_tokens is None:
+        prompt_tokens = estimate_prompt_tokens(request)
     if not generates:
         cost = max(prompt_tokens * m.input_per_mtok * PER_TOKEN for m in unique)
         return to_nano(cost, up=True), prompt_tokens
@@ -443,8 +446,9 @@ async def _admit(event: CompletionRequested, deps: PolicyDeps, notes: Notes, del
             raise InvalidRequest(f"The prompt contains personal data or secrets ({_summary(notes.pii)}); this "
                                  f"team's policy blocks them.", param="messages", code="pii_detected")
 
-    prompt_tokens = estimate_prompt_tokens(request)
-    amount, tokens = estimate(request, [catalog.models[t.model] for t in targets], generates=ctx.api != "embeddings")
+    prompt_tokens = estimate_prompt_tokens(request)  # after redaction: placeholders change the count
+    amount, tokens = estimate(request, [catalog.models[t.model] for t in targets], generates=ctx.api != "embeddings",
+                              prompt_tokens=prompt_tokens)
     b_scopes = budget_scopes(ctx.tenant, ctx.team, key, eff)
     r_scopes = rate_scopes(ctx.tenant, ctx.team, key, eff)
 

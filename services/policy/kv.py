@@ -118,3 +118,9 @@ async def create_or_read(kv: KeyValue | None, key: str, codec: Codec[T], value: 
     if current is None:  # deleted (or expired) between the two calls: try once more
         return await create_or_read(kv, key, codec, value, what)
     return current, False
+
+
+def scope_label(key: str) -> str:
+    """A budget or rate-limit scope for messages: ``team.<tenant>.<team>`` → ``team acme/ml``, ``key.<id>`` → ``key <id>``."""
+    kind, _, rest = key.partition(".")
+    return f"team {rest.replace('.', '/')}" if kind == "team" else f"key {rest}"

@@ -36,7 +36,7 @@ from typing import Callable
 from msgspec import Struct
 from nats.js.kv import KeyValue
 
-from services.policy.kv import Codec, cas, read
+from services.policy.kv import Codec, cas, read, scope_label
 
 WINDOW_S = 60.0
 EPSILON = 1e-6  # float slack, so L requests at one instant all fit
@@ -58,8 +58,7 @@ class RateScope(Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     @property
     def label(self) -> str:
-        kind, _, rest = self.key.partition(".")
-        return f"team {rest.replace('.', '/')}" if kind == "team" else f"key {rest}"
+        return scope_label(self.key)
 
 
 class Gauge(Struct, frozen=True, kw_only=True):

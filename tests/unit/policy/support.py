@@ -10,12 +10,9 @@ from pathlib import Path
 import httpx
 
 from services.bootstrap import Deps, build, parse_targets, run_targets
-from services.gateway.settings import GatewaySettings
-from services.policy.settings import PolicySettings
-from services.settings import ApiKeyConfig, Settings
-from shared.natsd import NatsServer, free_port
-from shared.settings import NatsSettings
-from tests.conftest import ADMIN_KEY, MEMBER_KEY, OTHER_TENANT_KEY, RunningSystem, start_system
+from services.settings import Settings
+from shared.natsd import NatsServer
+from tests.conftest import ADMIN_KEY, MEMBER_KEY, OTHER_TENANT_KEY, RunningSystem, make_settings, start_system
 
 # The test catalog, plus a provider that is not cleared for confidential data and models on it.
 CATALOG = """
@@ -52,21 +49,11 @@ aliases:
 
 
 def settings_for(nats_url: str, data_dir: Path, **overrides) -> Settings:
+    """The end-to-end test settings (tests/conftest.py) with this module's governance catalog."""
     data_dir.mkdir(parents=True, exist_ok=True)
     catalog = data_dir / "catalog.yaml"
     catalog.write_text(CATALOG)
-    values = dict(
-        nats=NatsSettings(url=nats_url),
-        gateway=GatewaySettings(port=free_port()),
-        admin_key=ADMIN_KEY,
-        api_keys={MEMBER_KEY: ApiKeyConfig(tenant="default", team="team-a"),
-                  OTHER_TENANT_KEY: ApiKeyConfig(tenant="tenant-b", team="team-b")},
-        data_dir=str(data_dir),
-        catalog_path=str(catalog),
-        policy=PolicySettings(),
-    )
-    values.update(overrides)
-    return Settings(**values)
+    return make_settings(nats_url, data_dir, **{"catalog_path": str(catalog), **overrides})
 
 
 class Replica:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
+import msgspec
+
 from services.settings import Settings
 from shared.auth import KeyEntry, KeyLimits, KeyStore, generate_key
 from shared.bus import Bus
@@ -75,14 +77,11 @@ def parse_targets(spec: str) -> list[str]:
 def build_keyring(settings: Settings) -> tuple[KeyStore, str | None]:
     """The key store, seeded with the configured keys; when no admin key is set one is generated (and returned
     to be printed once). The configured admin key is the operator's: it may manage every tenant."""
-    entries = []
-    for k, v in settings.api_keys.items():
-        limits = getattr(v, "limits", None)
-        entries.append(KeyEntry(
-            key=k, tenant=v.tenant, team=v.team, role=v.role, name="configured",
-            expires_at=getattr(v, "expires_at", None), allowed_models=getattr(v, "allowed_models", None),
-            allowed_providers=getattr(v, "allowed_providers", None),
-            limits=KeyLimits(**limits) if isinstance(limits, dict) else limits))
+    entries = [KeyEntry(key=k, tenant=v.tenant, team=v.team, role=v.role, name="configured", expires_at=v.expires_at,
+                        allowed_models=v.allowed_models, allowed_providers=v.allowed_providers,
+                        # msgspec validates the limits' ranges, so a bad configuration stops the start here.
+                        limits=msgspec.convert(v.limits, KeyLimits) if v.limits is not None else None)
+               for k, v in settings.api_keys.items()]
     generated = None
     if settings.admin_key is not None:
         admin = settings.admin_key.get_secret_value()

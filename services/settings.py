@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -18,11 +20,19 @@ from shared.settings import NatsSettings, TelemetrySettings
 
 
 class ApiKeyConfig(BaseModel):
-    """A key given in configuration: ``SWITCHYARD_API_KEYS='{"sk-...": {"tenant": "acme", "team": "ml"}}'``."""
+    """A key given in configuration: ``SWITCHYARD_API_KEYS='{"sk-...": {"tenant": "acme", "team": "ml"}}'``.
+
+    The same attributes as a key made through the admin API: role, expiry (epoch seconds), the models and
+    providers it may use, and its own limits (``{"rpm", "tpm", "daily_usd", "monthly_usd"}``).
+    """
 
     tenant: str = "default"
     team: str = "default"
-    role: str = "member"
+    role: Literal["admin", "member", "viewer"] = "member"
+    expires_at: float | None = None
+    allowed_models: list[str] | None = None
+    allowed_providers: list[str] | None = None
+    limits: dict[str, int | float] | None = None
 
 
 class Settings(BaseSettings):

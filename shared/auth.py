@@ -13,9 +13,9 @@ its id (and its ledger rows their attribution) across restarts.
 Every process that authenticates keeps a local index (hash → record) fresh
 with a KV watch: ``authenticate`` stays synchronous and a revocation reaches
 every replica as fast as NATS delivers the watch update (milliseconds; the
-contract is one second). Policy re-reads the record from KV at admission
-(``fetch``), so a key revoked a moment ago is refused there even if a watch
-lags, and an unreachable KV denies rather than admits.
+contract is one second). Policy's ``fetch`` reads that index while the watch
+is live and goes to KV while it is not (a restarting watch), where an
+unreachable KV denies rather than admits.
 
 Keys given in configuration (``SWITCHYARD_ADMIN_KEY``, ``SWITCHYARD_API_KEYS``)
 are seeded into the bucket at start: created when missing, their attributes

@@ -73,3 +73,4 @@ def test_cost_is_computed_from_usage_and_prices():
     # 800k fresh × $1 + 200k cached × $0.5 + 500k out × $2
     assert cost_usd(m, usage) == pytest.approx(0.8 + 0.1 + 1.0)
     assert estimate_max_cost_usd(m, 1000, 100) == pytest.approx((1000 * 1.0 + 100 * 2.0) / 1e6)
+

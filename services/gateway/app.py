@@ -85,6 +85,9 @@ class Waiters:
     def discard(self, request_id: str) -> None:
         self._futures.pop(request_id, None)
 
+    def __len__(self) -> int:
+        return len(self._futures)
+
     def resolve(self, event: TerminalEvent) -> None:
         fut = self._futures.get(event.request_id)
         if fut is not None and not fut.done():
@@ -185,6 +188,7 @@ class Gateway:
             emb = h.parse_embedding_request(await request.body(), self.settings.max_body_bytes)
             timeout = h.timeout_for(request.headers.get("x-switchyard-timeout"), self.settings.default_timeout_s,
                                     self.settings.max_timeout_s)
+            self._check_capacity()
             event = h.completion_requested(h.embedding_prompt(emb), principal, request.headers,
                                            request_id=h.new_request_id(),
                                            origin=self.id, timeout_s=timeout, job=False, api=EMBEDDINGS.api,
@@ -201,6 +205,7 @@ class Gateway:
             chat = dialect.parse(await request.body(), self.settings.max_body_bytes)
             timeout = h.timeout_for(request.headers.get("x-switchyard-timeout"), self.settings.default_timeout_s,
                                     self.settings.max_timeout_s)
+            self._check_capacity()
             rid = h.new_request_id()
             event = h.completion_requested(chat, principal, request.headers, request_id=rid, origin=self.id,
                                            timeout_s=timeout, job=False, api=dialect.api)
@@ -209,6 +214,14 @@ class Gateway:
             return await self._sync(request, dialect, event, started)
         except SwitchyardError as exc:
             return self._error(dialect, exc.info(), None)
+
+    def _check_capacity(self) -> None:
+        """Back-pressure: past ``max_in_flight`` waiting requests, refuse now (503) rather than let all of them
+        wait out their deadlines. Jobs are not limited here: they wait in the stream, not in this process."""
+        if len(self.waiters) >= self.settings.max_in_flight:
+            self.metrics.requests.labels("gateway", "overloaded").inc()
+            raise ServiceUnavailable(f"this gateway has {self.settings.max_in_flight} requests in flight; "
+                                     f"try again shortly or submit a job", code="overloaded", retry_after=1)
 
     def _error(self, dialect: Dialect, info: ErrorInfo, rid: str | None) -> Response:
         headers = {"x-request-id": rid} if rid else {}

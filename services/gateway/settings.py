@@ -12,3 +12,5 @@ class GatewaySettings(BaseModel):
     default_timeout_s: float = Field(120.0, gt=0, description="deadline of a request that names none")
     max_timeout_s: float = Field(600.0, gt=0, description="the longest deadline a client may ask for")
     job_timeout_s: float = Field(600.0, gt=0, description="deadline of an async job")
+    max_in_flight: int = Field(10_000, ge=1, description="synchronous and streamed requests one gateway waits on "
+                                                          "at once; more get 503 with Retry-After (jobs queue)")

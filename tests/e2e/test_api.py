@@ -223,3 +223,27 @@ async def test_ops_endpoints(system):
     assert "gen_ai_client_operation_duration_seconds" in metrics
     docs = await system.http.get("/openapi.json")
     assert "/v1/chat/completions" in docs.json()["paths"]
+
+
+async def test_gateway_refuses_past_its_in_flight_limit(system):
+    """Back-pressure: with one request waiting and a limit of one, the next gets 503 + Retry-After at once."""
+    limits = system.deps.settings.gateway
+    saved = limits.max_in_flight
+    limits.max_in_flight = 1
+    try:
+        slow = asyncio.ensure_future(system.http.post("/v1/chat/completions", json={
+            "model": "mock-1", "messages": [{"role": "user", "content": "slow"}],
+            "switchyard": {"mock": {"latency_ms": 600}}}))
+        await asyncio.sleep(0.2)
+        started = asyncio.get_running_loop().time()
+        r = await system.http.post("/v1/chat/completions", json={"model": "mock-1",
+                                                                 "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+        assert r.headers["retry-after"] == "1"
+        assert asyncio.get_running_loop().time() - started < 0.5
+        assert (await slow).status_code == 200
+        job = await system.http.post("/v1/jobs", json={"model": "mock-1",
+                                                       "messages": [{"role": "user", "content": "x"}]})
+        assert job.status_code == 202  # jobs queue in the stream, not in the gateway
+    finally:
+        limits.max_in_flight = saved

@@ -15,7 +15,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import msgspec
 
@@ -50,6 +50,9 @@ class Deps:
     keyring: KeyStore
     targets: list[str]
     ready: dict[str, bool] = field(default_factory=dict)
+    # Stages this process runs that another of its targets may call directly (stage fusion): "router" → the
+    # router's handlers, so a co-located policy routes an admitted request without one more bus hop.
+    local: dict[str, Any] = field(default_factory=dict)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def is_ready(self) -> bool:

@@ -10,6 +10,7 @@ Subjects (all captured by one stream, ``sy.evt.>``):
 
     sy.evt.requested            CompletionRequested        gateway → policy
     sy.evt.admitted             RequestAdmitted            policy  → router
+    sy.evt.admitted.routed      RequestAdmitted            policy  → audit (already routed in-process)
     sy.evt.attempt.<provider>   AttemptDispatched          router  → worker.<provider>
     sy.evt.attempt_failed       AttemptFailed              worker  → router
     sy.evt.attempt_abandoned    AttemptAbandoned           worker  → audit
@@ -218,9 +219,12 @@ class RequestAdmitted(Event, frozen=True, kw_only=True, tag=True):
     estimated_prompt_tokens: int = 0
     admission: AdmissionInfo | None = None
     allowed_models: list[str] | None = None  # the key/team may use only these (honoured by ``auto`` routing)
+    # Set when a router in the policy's own process routed the request at admission (stage fusion): its first
+    # attempt (or its end) was durable before this event, which then goes where no router reads it.
+    routed_by: str | None = None
 
     def subject(self) -> str:
-        return "sy.evt.admitted"
+        return "sy.evt.admitted.routed" if self.routed_by else "sy.evt.admitted"
 
 
 class AttemptDispatched(Event, frozen=True, kw_only=True, tag=True):

@@ -273,9 +273,10 @@ def build_rows(events: Iterable[AnyEvent], *, store_text: bool = False,
     attempt_routes: dict[tuple[str, int], AttemptRouteRow] = {}
 
     for event in ordered:
-        routed = _routing_row(event)
-        if routed is not None:
-            routing.setdefault(routed.request_id, routed)
+        if event.request_id not in routing:  # the first decision seen stands: encode no other
+            routed = _routing_row(event)
+            if routed is not None:
+                routing[routed.request_id] = routed
         why = _attempt_route_row(event)
         if why is not None:
             attempt_routes.setdefault((why.request_id, why.attempt), why)

@@ -181,6 +181,55 @@ def build_schema(prefix: str = "audit_") -> Schema:
                   budget=budget, routing=routing, attempt_routes=attempt_routes)
 
 
+@dataclass(frozen=True)
+class _WriteStatements:
+    """The upserts and inserts ``apply`` runs, built once per store."""
+
+    requests: Any
+    attempts: Any
+    ledger: Any
+    admissions: Any
+    budget: Any
+    routing: Any
+    attempt_routes: Any
+    totals: Any
+    sums: Any
+
+
+def _attempt_sums(a: Table) -> Any:
+    """Attempt count and token/cost sums of the requests in ``:ids``, which the batch touched."""
+    return (select(a.c.request_id, func.count(a.c.attempt.distinct()), func.sum(a.c.prompt_tokens),
+                   func.sum(a.c.completion_tokens), func.sum(a.c.cached_tokens), func.sum(a.c.reasoning_tokens),
+                   func.sum(a.c.cost_usd))
+            .where(a.c.request_id.in_(bindparam("ids", expanding=True)))
+            .group_by(a.c.request_id)
+            .order_by(a.c.request_id))
+
+
+def _request_upsert(insert: Any, t: Table) -> Any:
+    """Requests: a row only moves to a higher stage; the model and trace id are filled in once known."""
+    stmt = insert(t)
+    new = stmt.excluded
+    advances = new.stage > t.c.stage
+    by_stage = {name: case((advances, new[name]), else_=t.c[name]) for name in (
+        "stage", "status", "completed_at", "error_status", "error_type", "error_code", "error_message",
+        "completion_text")}
+    return stmt.on_conflict_do_update(index_elements=["request_id"], set_={
+        **by_stage, "model": func.coalesce(t.c.model, new.model), "trace_id": func.coalesce(t.c.trace_id, new.trace_id)})
+
+
+def _attempt_upsert(insert: Any, t: Table) -> Any:
+    """Attempts: the first resolved outcome stands over ``dispatched``; ``ts`` is the earliest seen."""
+    stmt = insert(t)
+    new = stmt.excluded
+    resolves = and_(t.c.outcome == DISPATCHED, new.outcome != DISPATCHED)
+    on_resolve = {name: case((resolves, new[name]), else_=t.c[name]) for name in (
+        "outcome", "latency_ms", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
+        "cost_usd", "error_code", "error_message", "ttft_ms")}
+    return stmt.on_conflict_do_update(index_elements=["request_id", "attempt", "delivery"], set_={
+        **on_resolve, "ts": case((new.ts < t.c.ts, new.ts), else_=t.c.ts)})
+
+
 class AuditStore:
     """Traces and the cost ledger behind one async SQLAlchemy engine."""
 
@@ -189,11 +238,26 @@ class AuditStore:
         self.schema = schema
         dialect = engine.dialect.name
         if dialect == "sqlite":
-            self._insert = sqlite.insert
+            insert = sqlite.insert
         elif dialect == "postgresql":
-            self._insert = postgresql.insert
+            insert = postgresql.insert
         else:
             raise ValueError(f"unsupported audit database {dialect!r}: use sqlite+aiosqlite or postgresql+asyncpg")
+        # Every write statement is built once: constructing upserts with their CASE clauses per batch cost
+        # more CPU than executing them.
+        sc = schema
+        self._writes = _WriteStatements(
+            requests=_request_upsert(insert, sc.requests), attempts=_attempt_upsert(insert, sc.attempts),
+            ledger=insert(sc.ledger).on_conflict_do_nothing(index_elements=["request_id", "attempt"]),
+            admissions=insert(sc.admissions).on_conflict_do_nothing(index_elements=["request_id"]),
+            budget=insert(sc.budget).on_conflict_do_nothing(index_elements=["event_id"]),
+            routing=insert(sc.routing).on_conflict_do_nothing(index_elements=["request_id"]),
+            attempt_routes=insert(sc.attempt_routes).on_conflict_do_nothing(index_elements=["request_id", "attempt"]),
+            totals=update(sc.requests).where(sc.requests.c.request_id == bindparam("b_id")).values(
+                attempts=bindparam("b_attempts"), prompt_tokens=bindparam("b_prompt"),
+                completion_tokens=bindparam("b_completion"), cached_tokens=bindparam("b_cached"),
+                reasoning_tokens=bindparam("b_reasoning"), cost_usd=bindparam("b_cost")),
+            sums=_attempt_sums(sc.attempts))
 
     @classmethod
     async def open(cls, url: str, *, prefix: str = "audit_") -> "AuditStore":
@@ -230,95 +294,32 @@ class AuditStore:
         """Write one batch in one transaction; applying it again changes nothing."""
         if not batch:
             return
+        w = self._writes
         async with self.engine.begin() as conn:
             if batch.requests:
-                await self._upsert_requests(conn, batch)
+                # Key order: on PostgreSQL the row locks are then taken in a fixed order (no deadlocks).
+                await conn.execute(w.requests, [{**_row_params(r), "stage": r.stage}
+                                                for r in sorted(batch.requests, key=lambda r: r.request_id)])
             if batch.attempts:
-                await self._upsert_attempts(conn, batch)
+                await conn.execute(w.attempts, [_row_params(r) for r in batch.attempts])
             if batch.ledger:
-                stmt = self._insert(self.schema.ledger).on_conflict_do_nothing(
-                    index_elements=["request_id", "attempt"])
-                await conn.execute(stmt, [_row_params(r) for r in batch.ledger])
+                await conn.execute(w.ledger, [_row_params(r) for r in batch.ledger])
             if batch.attempts:
                 await self._resum_requests(conn, sorted({a.request_id for a in batch.attempts}))
-            if batch.admissions:
-                stmt = self._insert(self.schema.admissions).on_conflict_do_nothing(index_elements=["request_id"])
-                await conn.execute(stmt, [_row_params(r) for r in batch.admissions])
-            if batch.budget:
-                stmt = self._insert(self.schema.budget).on_conflict_do_nothing(index_elements=["event_id"])
-                await conn.execute(stmt, [_row_params(r) for r in batch.budget])
-            if batch.routing:
-                stmt = self._insert(self.schema.routing).on_conflict_do_nothing(index_elements=["request_id"])
-                await conn.execute(stmt, [_row_params(r) for r in batch.routing])
-            if batch.attempt_routes:
-                stmt = self._insert(self.schema.attempt_routes).on_conflict_do_nothing(
-                    index_elements=["request_id", "attempt"])
-                await conn.execute(stmt, [_row_params(r) for r in batch.attempt_routes])
-
-    async def _upsert_requests(self, conn: AsyncConnection, batch: AuditBatch) -> None:
-        t = self.schema.requests
-        stmt = self._insert(t)
-        new = stmt.excluded
-        advances = new.stage > t.c.stage
-
-        def by_stage(name: str):
-            return case((advances, new[name]), else_=t.c[name])
-
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["request_id"],
-            set_={
-                **{name: by_stage(name) for name in (
-                    "stage", "status", "completed_at", "error_status", "error_type", "error_code",
-                    "error_message", "completion_text")},
-                "model": func.coalesce(t.c.model, new.model),
-                "trace_id": func.coalesce(t.c.trace_id, new.trace_id),
-            },
-        )
-        params = [{**_row_params(r), "stage": r.stage} for r in sorted(batch.requests, key=lambda r: r.request_id)]
-        await conn.execute(stmt, params)
-
-    async def _upsert_attempts(self, conn: AsyncConnection, batch: AuditBatch) -> None:
-        t = self.schema.attempts
-        stmt = self._insert(t)
-        new = stmt.excluded
-        resolves = and_(t.c.outcome == DISPATCHED, new.outcome != DISPATCHED)
-
-        def on_resolve(name: str):
-            return case((resolves, new[name]), else_=t.c[name])
-
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["request_id", "attempt", "delivery"],
-            set_={
-                **{name: on_resolve(name) for name in (
-                    "outcome", "latency_ms", "prompt_tokens", "completion_tokens", "cached_tokens",
-                    "reasoning_tokens", "cost_usd", "error_code", "error_message", "ttft_ms")},
-                "ts": case((new.ts < t.c.ts, new.ts), else_=t.c.ts),
-            },
-        )
-        await conn.execute(stmt, [_row_params(r) for r in batch.attempts])
+            for rows, stmt in ((batch.admissions, w.admissions), (batch.budget, w.budget),
+                               (batch.routing, w.routing), (batch.attempt_routes, w.attempt_routes)):
+                if rows:
+                    await conn.execute(stmt, [_row_params(r) for r in rows])
 
     async def _resum_requests(self, conn: AsyncConnection, request_ids: list[str]) -> None:
-        a, r = self.schema.attempts, self.schema.requests
-        sums = await conn.execute(
-            select(a.c.request_id, func.count(a.c.attempt.distinct()), func.sum(a.c.prompt_tokens),
-                   func.sum(a.c.completion_tokens), func.sum(a.c.cached_tokens), func.sum(a.c.reasoning_tokens),
-                   func.sum(a.c.cost_usd))
-            .where(a.c.request_id.in_(request_ids))
-            .group_by(a.c.request_id)
-            .order_by(a.c.request_id))
+        sums = await conn.execute(self._writes.sums, {"ids": request_ids})
         params = [
             {"b_id": rid, "b_attempts": int(n), "b_prompt": int(p or 0), "b_completion": int(c or 0),
              "b_cached": int(ca or 0), "b_reasoning": int(rs or 0), "b_cost": float(cost or 0.0)}
             for rid, n, p, c, ca, rs, cost in sums.all()
         ]
-        if not params:
-            return
-        await conn.execute(
-            update(r).where(r.c.request_id == bindparam("b_id")).values(
-                attempts=bindparam("b_attempts"), prompt_tokens=bindparam("b_prompt"),
-                completion_tokens=bindparam("b_completion"), cached_tokens=bindparam("b_cached"),
-                reasoning_tokens=bindparam("b_reasoning"), cost_usd=bindparam("b_cost")),
-            params)
+        if params:
+            await conn.execute(self._writes.totals, params)
 
     # ---- reading ----------------------------------------------------------------------------
 

@@ -73,7 +73,8 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     async def on_requested(event: CompletionRequested, delivery: Delivery) -> list[Event]:
         out = await admit_or_fail_closed(event, pdeps, delivery.num_delivered)
         metrics.observe(out)
-        return out
+        router = deps.local.get("router")  # a router in this process: route now (services/router/service.py)
+        return await router.fuse(out, deps.bus.publish_all) if router is not None else out
 
     async def on_outcome(event: AnyEvent, delivery: Delivery) -> list[Event]:
         if isinstance(event, AttemptFailed):

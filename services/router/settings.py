@@ -38,6 +38,8 @@ class RouterSettings(BaseModel):
     """Candidate selection, retries and fallback."""
 
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    fuse_with_policy: bool = Field(True, description="a policy in the same process routes admitted requests "
+                                                     "at once, without a bus hop to this consumer")
     max_attempts: int = Field(4, ge=1, description="attempts per request across all candidates")
     min_attempt_timeout_s: float = Field(0.5, gt=0, description="no attempt starts with less time than this left")
     fallback_reserve: float = Field(0.2, ge=0, lt=1,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import nats
 import pytest
+from nats.js.errors import APIError
 
 from shared.bus import Bus, Bucket, Subscription
 from shared.errors import InvalidRequest, UpstreamUnavailable
@@ -48,6 +50,24 @@ async def test_publish_is_deduplicated_by_event_id(bus):
     second = await bus.publish(e)
     assert not first.duplicate and second.duplicate
     assert second.seq == first.seq
+
+
+async def test_publish_errors_are_raised_like_nats_py_raises_them(bus):
+    # The stream's own error: a publish that expects another stream is refused by the server.
+    with pytest.raises(APIError) as refused:
+        await bus.replies.publish("sy.evt.requested", b"{}", {"Nats-Expected-Stream": "NOT_THIS_ONE"}, 2.0)
+    assert refused.value.err_code == 10060
+    # No stream captures the subject: no responders, which the bus reports as unavailable after its retries.
+    with pytest.raises(nats.errors.NoRespondersError):
+        await bus.replies.publish("outside.every.stream", b"{}", {}, 2.0)
+    # An acknowledgement that never comes is a timeout, and its reply slot is given back.
+    async def silent(msg) -> None:
+        return None
+
+    await bus.nc.subscribe("sy.test.silent", cb=silent)
+    with pytest.raises(nats.errors.TimeoutError):
+        await bus.replies.request("sy.test.silent", b"", {}, 0.2)
+    assert not bus.replies._pending
 
 
 async def test_handler_outcomes(bus):

@@ -1,0 +1,76 @@
+"""Stage fusion end to end: in one process policy routes at admission; every event still reaches the stream.
+
+Reads the stream itself (its sequence numbers) to check that a request's first attempt was stored before the
+admission marked as routed, that the marked admission is on the subject no router reads, and that a system
+with fusion turned off routes through the router consumer as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+
+from services.router.settings import RouterSettings
+from shared.events import AttemptDispatched, RequestAdmitted, decoder
+from shared.natsd import NatsServer
+from tests.conftest import make_settings, start_system
+
+
+async def stream_events(system, request_id: str) -> list[tuple[int, str, object]]:
+    """(stream sequence, subject, event) of every stored event of the request, in stream order."""
+    js = system.deps.bus.js
+    stream = system.deps.settings.nats.stream
+    info = await js.stream_info(stream)
+    out = []
+    for seq in range(max(1, info.state.last_seq - 200), info.state.last_seq + 1):
+        try:
+            msg = await js.get_msg(stream, seq)
+        except Exception:  # noqa: BLE001 - purged or deleted sequence
+            continue
+        event = decoder.decode(msg.data)
+        if event.request_id == request_id:
+            out.append((seq, msg.subject, event))
+    return out
+
+
+async def complete(system) -> str:
+    r = await system.http.post("/v1/chat/completions", json={
+        "model": "mock-1", "messages": [{"role": "user", "content": "fuse me"}]})
+    assert r.status_code == 200, r.text
+    return r.headers["x-request-id"]
+
+
+async def test_the_first_attempt_is_stored_before_the_routed_admission(system):
+    rid = await complete(system)
+    await asyncio.sleep(0.3)  # the admission is published after the attempt's PubAck
+    events = await stream_events(system, rid)
+    [(d_seq, d_subject, dispatched)] = [e for e in events if isinstance(e[2], AttemptDispatched)]
+    [(a_seq, a_subject, admitted)] = [e for e in events if isinstance(e[2], RequestAdmitted)]
+    assert d_seq < a_seq
+    assert a_subject == "sy.evt.admitted.routed" and admitted.routed_by and admitted.routed_by.startswith("router-")
+    assert d_subject.startswith("sy.evt.attempt.")
+    trace = (await system.http.get(f"/v1/requests/{rid}")).json()
+    assert trace["status"] == "succeeded" and len(trace["attempts"]) == 1
+
+
+@pytest.fixture
+async def unfused(tmp_path):
+    """A second Switchyard on its own nats-server (one stream per server captures ``sy.evt.>``)."""
+    server = NatsServer(tmp_path / "nats").start()
+    running = await start_system(make_settings(server.url, tmp_path / "data",
+                                               router=RouterSettings(fuse_with_policy=False)))
+    yield running
+    await running.close()
+    server.stop()
+
+
+async def test_without_fusion_the_router_consumer_routes(unfused):
+    rid = await complete(unfused)
+    await asyncio.sleep(0.3)
+    events = await stream_events(unfused, rid)
+    [(_, a_subject, admitted)] = [e for e in events if isinstance(e[2], RequestAdmitted)]
+    assert a_subject == "sy.evt.admitted" and admitted.routed_by is None
+    assert any(isinstance(e[2], AttemptDispatched) for e in events)
+    assert msgspec.json.decode((await unfused.http.get(f"/v1/requests/{rid}")).content)["status"] == "succeeded"

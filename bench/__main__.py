@@ -35,7 +35,7 @@ from bench import install
 from bench.burst import run_burst
 from bench.jobs import measure_jobs
 from bench.load import run_wrk
-from bench.procs import MemorySampler, Procs, cpu_busy, memory, raise_nofile
+from bench.procs import MemorySampler, Procs, cpu_busy, memory, quiesce, raise_nofile
 from bench.report import render_table, render_targets, targets
 from bench.stream import measure_ttft
 from bench.systems import (KEY, SY_SPLIT_TARGETS, Direct, LiteLLM, SwitchyardAll, SwitchyardSplit, System,
@@ -112,6 +112,9 @@ def measure(system: System, wrk: str, p: Profile, res: dict) -> None:
         if not system.alive():
             res.setdefault("skipped", []).append(name)
             return
+        # Each figure starts from an idle system: what the previous step left (audit backlog, queued jobs)
+        # is drained first, and how long that took is kept with the results.
+        res.setdefault("quiesce_s", {})[name] = quiesce(system.pids())
         log(f"{system.name}: {name}")
         try:
             fn()
@@ -139,6 +142,7 @@ def measure(system: System, wrk: str, p: Profile, res: dict) -> None:
                 log(f"{system.name}: c={c}: {r.rps:.0f} req/s p50 {r.p50_ms} ms p99 {r.p99_ms} ms "
                     f"errors {r.errors}{' ' + r.failed if r.failed else ''}")
                 time.sleep(p.settle_s)
+                quiesce(system.pids())
         res["rss_load"] = asdict(mem.peak)
 
     def d50() -> None:

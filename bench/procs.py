@@ -233,6 +233,34 @@ def _cpu_times() -> tuple[int, int]:
     return sum(vals), idle
 
 
+def _tree_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total
+
+
+def quiesce(roots: list[int], timeout_s: float = 60.0, idle_share: float = 0.05, window_s: float = 0.5) -> float:
+    """Wait until the process trees of ``roots`` use less than ``idle_share`` of one core over ``window_s``.
+
+    A system still draining what the last step left (audit batches, queued jobs) would otherwise tax the next
+    measurement. Returns the seconds waited (``timeout_s`` when it never went quiet).
+    """
+    hz = os.sysconf("SC_CLK_TCK")
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        pids = tree(roots)
+        before = _tree_ticks(pids)
+        time.sleep(window_s)
+        if (_tree_ticks(pids) - before) / hz / window_s < idle_share:
+            break
+    return round(time.monotonic() - start, 2)
+
+
 def cpu_busy(interval_s: float = 1.0) -> float:
     """Fraction of the machine's CPU busy over ``interval_s`` (0..1), e.g. other work competing with the bench."""
     t0, i0 = _cpu_times()

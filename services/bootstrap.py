@@ -9,6 +9,7 @@ run one piece each; a comma list runs several.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import logging
 import os
@@ -163,4 +164,19 @@ async def main(settings: Settings, targets: list[str]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     deps = await build(settings, targets)
+    tune_gc()
     await run_targets(deps, stop)
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path.
+
+    Every message allocates a tree of event structs; with the default thresholds a young-generation
+    collection ran every few hundred allocations and a full one, traversing every live object (the catalog,
+    the imported modules, the batches in flight), every ten of those: in the audit process it showed as a
+    sixth of its CPU inside event decoding. What exists after start-up is frozen (never traversed again) and
+    collections run less often; reference counting still frees everything that forms no cycle.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)

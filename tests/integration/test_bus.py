@@ -143,3 +143,20 @@ async def test_consumer_shape_changes(bus):
     # A change JetStream can apply in place (ack wait) is just applied.
     await bus.ensure_consumer(Subscription("t-shape", ("sy.evt.requested",), ConsumerSettings(ack_wait_s=7)))
     assert (await bus.js.consumer_info(bus.settings.stream, "t-shape")).config.ack_wait == 7
+
+
+def test_delivery_counts_come_from_the_reply_subject():
+    from nats.aio.msg import Msg
+
+    from shared.bus import delivery_of
+
+    v1 = Msg(_client=None, subject="sy.evt.requested", reply="$JS.ACK.SWITCHYARD.policy.3.1042.77.1700000000000000000.5",
+             headers={"traceparent": "x"})
+    d = delivery_of(v1)
+    assert (d.num_delivered, d.stream_seq, d.headers) == (3, 1042, {"traceparent": "x"})
+    v2 = Msg(_client=None, subject="s", reply="$JS.ACK.hub.ACCHASH.SWITCHYARD.audit.2.99.10.1700000000000000000.0.tok")
+    assert (delivery_of(v2).num_delivered, delivery_of(v2).stream_seq) == (2, 99)
+    assert (delivery_of(v2).num_delivered, delivery_of(v2).stream_seq) == (v2.metadata.num_delivered,
+                                                                          v2.metadata.sequence.stream)
+    with pytest.raises(Exception):
+        delivery_of(Msg(_client=None, subject="s", reply="_INBOX.abc"))

@@ -33,6 +33,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     KeyValueConfig,
+    RawStreamMsg,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -123,7 +124,7 @@ class Replies:
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
-    async def request(self, subject: str, data: bytes, headers: dict[str, str], timeout: float) -> Msg:
+    async def request(self, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float) -> Msg:
         self._n += 1
         token = f"{self._n:x}"
         fut = asyncio.get_running_loop().create_future()
@@ -140,12 +141,57 @@ class Replies:
             raise nats.errors.NoRespondersError
         return msg
 
-    async def publish(self, subject: str, data: bytes, headers: dict[str, str], timeout: float) -> PubAck:
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float) -> PubAck:
         """A JetStream publish: the stream's acknowledgement, or the API's error raised as nats-py raises it."""
         ack = _puback_decoder.decode((await self.request(subject, data, headers, timeout)).data)
         if ack.error is not None:
             APIError.from_error(ack.error)
         return PubAck(stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate, domain=ack.domain)
+
+
+class LeanJetStream:
+    """The JetStream context a ``KeyValue`` uses, with its two hot calls made lean.
+
+    ``publish`` (every put, create and compare-and-set) goes through ``Replies``; ``get_msg`` for a key's
+    latest value is a direct get (served by the stream, not the JSON API) through the same inbox, with no
+    timestamp parsing. Everything else (watches, stream info) is nats-py's. A missing key raises what
+    nats-py's non-direct path raises (``NotFoundError`` with error code 10037), which callers use to tell a
+    missing key from a missing bucket (no responders: the bucket is gone).
+    """
+
+    NO_MESSAGE = 10037
+
+    def __init__(self, js: JetStreamContext, replies: Replies, timeout: float) -> None:
+        self._js = js
+        self._replies = replies
+        self._timeout = timeout
+
+    def __getattr__(self, name: str):
+        return getattr(self._js, name)
+
+    async def publish(self, subject: str, payload: bytes = b"", timeout: float | None = None,
+                      stream: str | None = None, headers: dict | None = None,
+                      msg_ttl: float | None = None) -> PubAck:
+        hdrs = dict(headers or {})
+        if stream is not None:
+            hdrs["Nats-Expected-Stream"] = stream
+        if msg_ttl is not None:
+            hdrs["Nats-TTL"] = str(int(msg_ttl))
+        return await self._replies.publish(subject, payload, hdrs or None, timeout or self._timeout)
+
+    async def get_msg(self, stream_name: str, seq: int | None = None, subject: str | None = None,
+                      direct: bool | None = False, next: bool | None = False):
+        if not (direct and subject and seq is None and not next):
+            return await self._js.get_msg(stream_name, seq=seq, subject=subject, direct=False, next=next)
+        msg = await self._replies.request(f"$JS.API.DIRECT.GET.{stream_name}.{subject}", b"", None, self._timeout)
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == "404":
+            raise NotFoundError(code=404, err_code=self.NO_MESSAGE, description="no message found")
+        if status:
+            raise APIError(code=int(status), description=headers.get("Description", ""))
+        return RawStreamMsg(subject=headers.get("Nats-Subject", subject), seq=int(headers["Nats-Sequence"]),
+                            data=msg.data, headers=headers)
 
 
 def delivery_of(msg: Msg) -> Delivery:
@@ -268,15 +314,22 @@ class Bus:
             await self.js.add_consumer(self.settings.stream, cfg)
 
     async def kv(self, bucket: Bucket) -> KeyValue:
-        """The KV bucket, created on first use."""
+        """The KV bucket, created on first use, read and written through ``LeanJetStream``."""
         if bucket.name in self._kv:
             return self._kv[bucket.name]
+        stream = f"KV_{bucket.name}"
         try:
-            kv = await self.js.key_value(bucket.name)
-        except (NotFoundError, BadRequestError, Exception):  # noqa: BLE001 - nats-py raises several kinds
-            kv = await self.js.create_key_value(KeyValueConfig(
+            info = await self.js.stream_info(stream)
+            if not info.config.allow_direct:
+                # Buckets made by earlier versions: direct gets are served by the stream itself.
+                info.config.allow_direct = True
+                await self.js.update_stream(info.config)
+        except NotFoundError:
+            await self.js.create_key_value(KeyValueConfig(
                 bucket=bucket.name, history=bucket.history, ttl=bucket.ttl_s, description=bucket.description,
-                storage=StorageType.FILE, replicas=self.settings.kv_replicas))
+                storage=StorageType.FILE, replicas=self.settings.kv_replicas, direct=True))
+        kv = KeyValue(name=bucket.name, stream=stream, pre=f"$KV.{bucket.name}.",
+                      js=LeanJetStream(self.js, self.replies, self.settings.connect_timeout_s), direct=True)
         self._kv[bucket.name] = kv
         return kv
 

@@ -160,3 +160,27 @@ def test_delivery_counts_come_from_the_reply_subject():
                                                                           v2.metadata.sequence.stream)
     with pytest.raises(Exception):
         delivery_of(Msg(_client=None, subject="s", reply="_INBOX.abc"))
+
+
+async def test_kv_reads_are_direct_gets_that_tell_a_missing_key_from_a_missing_bucket(bus):
+    from nats.js.api import KeyValueConfig
+
+    from services.policy.kv import kv_get
+    from shared.errors import ServiceUnavailable
+
+    # A bucket made by an earlier version (no direct gets) is upgraded when the bus opens it.
+    await bus.js.create_key_value(KeyValueConfig(bucket="t_direct_old", history=1))
+    kv = await bus.kv(Bucket("t_direct_old"))
+    assert (await bus.js.stream_info("KV_t_direct_old")).config.allow_direct
+    assert await kv_get(kv, "absent") is None
+    rev = await kv.put("k", b"v1")
+    entry = await kv_get(kv, "k")
+    assert (entry.value, entry.revision) == (b"v1", rev)
+    await kv.update("k", b"v2", last=rev)
+    assert (await kv.get("k")).value == b"v2"
+    await kv.delete("k")
+    assert await kv_get(kv, "k") is None  # a deleted key reads as missing
+    assert await kv.create("k", b"again") > rev  # and can be created again
+    await bus.js.delete_key_value("t_direct_old")
+    with pytest.raises(ServiceUnavailable):
+        await kv_get(kv, "k")  # the bucket is gone: not "no such key"

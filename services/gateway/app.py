@@ -108,9 +108,12 @@ class ChunkInbox:
         self.queue.put_nowait(chunk_decoder.decode(msg.data))
 
     async def next(self, timeout: float) -> object:
+        if not self.queue.empty():
+            return self.queue.get_nowait()
         try:
-            return await asyncio.wait_for(self.queue.get(), max(0.001, timeout))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(max(0.001, timeout)):  # no task per chunk, as wait_for would start
+                return await self.queue.get()
+        except TimeoutError:
             return Timeout()
 
     async def drain(self, expected: int, grace_s: float = 1.0) -> list[ChunkMessage]:
@@ -232,8 +235,9 @@ class Gateway:
         try:
             await self._publish(request, event)
             try:
-                term = await asyncio.wait_for(fut, timeout=max(0.001, event.ctx.remaining()))
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(max(0.001, event.ctx.remaining())):
+                    term = await fut
+            except TimeoutError:
                 self.metrics.requests.labels(dialect.api, "timeout").inc()
                 err = DeadlineExceeded(f"request {rid} did not finish within {event.ctx.deadline - event.ctx.received_at:g}s; "
                                        f"it goes on and is recorded: see GET /v1/requests/{rid}")

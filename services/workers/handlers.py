@@ -142,8 +142,9 @@ async def complete_attempt(event: AttemptDispatched, deps: WorkerDeps, timeout: 
     try:
         try:
             # httpx's timeouts bound each network step; this bounds the whole attempt by the deadline.
-            response = await asyncio.wait_for(adapter.complete(event.request, target, timeout), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):  # in this task: wait_for would start another one per call
+                response = await adapter.complete(event.request, target, timeout)
+        except TimeoutError:
             raise UpstreamTimeout(f"{target.provider} did not answer within {timeout:.1f}s") from None
         except SwitchyardError:
             raise
@@ -188,9 +189,9 @@ async def embed_attempt(event: AttemptDispatched, deps: WorkerDeps, timeout: flo
     started = time.perf_counter()
     try:
         try:
-            result = await asyncio.wait_for(
-                deps.adapters[target.provider].embed(embedding_input(event), target, timeout), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                result = await deps.adapters[target.provider].embed(embedding_input(event), target, timeout)
+        except TimeoutError:
             raise UpstreamTimeout(f"{target.provider} did not answer within {timeout:.1f}s") from None
     except SwitchyardError as exc:
         m.attempts.labels(target.provider, exc.info().outcome).inc()

@@ -19,9 +19,11 @@ Subjects (all captured by one stream, ``sy.evt.>``):
     sy.evt.budget.<what>        BudgetReserved/Settled/Released/Alert   policy → audit
 
 Streaming chunks are not events: they go over core NATS on
-``sy.chunk.<request_id>`` and are never stored; a client that disconnects is
-signalled back on ``sy.cancel.<request_id>``. The terminal event still goes
-through the stream, with the number of chunks the gateway should have seen.
+``sy.chunk.<origin>.<request_id>`` (one wildcard subscription per gateway
+instance, not one per request) and are never stored; a client that disconnects
+is signalled back on ``sy.cancel.<request_id>`` (one wildcard subscription per
+worker process). The terminal event still goes through the stream, with the
+number of chunks the gateway should have seen.
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ STREAM_SUBJECTS = ["sy.evt.>"]
 JOB_ORIGIN = "jobs"
 
 
-def chunk_subject(request_id: str) -> str:
-    """Core-NATS subject carrying a streaming request's chunks (ephemeral, not in the stream)."""
-    return f"sy.chunk.{request_id}"
+def chunk_subject(origin: str, request_id: str) -> str:
+    """Core-NATS subject carrying a streaming request's chunks to its gateway (ephemeral, not in the stream)."""
+    return f"sy.chunk.{origin}.{request_id}"
+
+
+CANCEL_SUBJECTS = "sy.cancel.*"
 
 
 def cancel_subject(request_id: str) -> str:
@@ -384,7 +389,7 @@ class BudgetAlert(Event, frozen=True, kw_only=True, tag=True):
 
 
 class ChunkMessage(Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One streamed increment on ``sy.chunk.<request_id>`` (ephemeral; not an event)."""
+    """One streamed increment on ``sy.chunk.<origin>.<request_id>`` (ephemeral; not an event)."""
 
     attempt: int
     delivery: int

@@ -104,7 +104,7 @@ class ChunkInbox:
         self.queue: asyncio.Queue = asyncio.Queue()
         terminal.add_done_callback(lambda f: self.queue.put_nowait(f.result()))
 
-    async def on_chunk(self, msg) -> None:
+    def on_chunk(self, msg) -> None:
         self.queue.put_nowait(chunk_decoder.decode(msg.data))
 
     async def next(self, timeout: float) -> object:
@@ -155,13 +155,22 @@ class Gateway:
         self.settings = deps.settings.gateway
         self.id = "gw" + uuid.uuid4().hex[:12]
         self.waiters = Waiters()
+        self.streams: dict[str, ChunkInbox] = {}  # request id → the inbox of a stream this instance relays
         self.metrics = deps.telemetry.metrics
         self._jobs_kv = None
         self._owner = {m.name: m.deployments[0].provider for m in deps.catalog.models.values()}
 
     async def start(self) -> None:
         await self.deps.bus.nc.subscribe(done_subject(self.id), cb=self._on_done)
+        # One subscription for the chunks of every stream this instance relays (not one per request).
+        await self.deps.bus.nc.subscribe(chunk_subject(self.id, "*"), cb=self._on_chunk, pending_msgs_limit=-1,
+                                         pending_bytes_limit=-1)
         self._jobs_kv = await self.deps.bus.kv(JOBS)
+
+    async def _on_chunk(self, msg) -> None:
+        inbox = self.streams.get(msg.subject.rpartition(".")[2])
+        if inbox is not None:
+            inbox.on_chunk(msg)
 
     async def _on_done(self, msg) -> None:
         try:
@@ -276,14 +285,13 @@ class Gateway:
         error event, never with a normal end.
         """
         rid = event.request_id
-        inbox = ChunkInbox(self.waiters.add(rid))
-        sub = await self.deps.bus.nc.subscribe(chunk_subject(rid), cb=inbox.on_chunk)
+        inbox = self.streams[rid] = ChunkInbox(self.waiters.add(rid))
 
         async def close(cancel_upstream: bool) -> None:
             self.waiters.discard(rid)
+            self.streams.pop(rid, None)
             if cancel_upstream:
                 await self.deps.bus.nc.publish(cancel_subject(rid), b"")
-            await sub.unsubscribe()
 
         try:
             await self._publish(request, event)

@@ -58,7 +58,7 @@ class Gate(Protocol):
 class ChunkRelay(Protocol):
     """Where streamed chunks go, and how a client's disconnect comes back."""
 
-    async def send(self, request_id: str, message: ChunkMessage) -> None: ...
+    async def send(self, origin: str, request_id: str, message: ChunkMessage) -> None: ...
 
     def cancellation(self, request_id: str) -> AsyncContextManager[asyncio.Event]: ...
 
@@ -235,7 +235,7 @@ async def stream_attempt(event: AttemptDispatched, delivery: Delivery, deps: Wor
                 m.ttft.labels(target.provider).observe(ttft_ms / 1000)
             assembler.add(chunk)
             sent += 1
-            await relay.send(rid, ChunkMessage(attempt=event.attempt, delivery=delivery.num_delivered, seq=sent,
+            await relay.send(event.ctx.origin, rid, ChunkMessage(attempt=event.attempt, delivery=delivery.num_delivered, seq=sent,
                                                chunk=chunk, model=target.model))
 
     m.in_flight.labels(target.provider).inc()

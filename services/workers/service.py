@@ -20,7 +20,7 @@ from services.router.health import HealthStore
 from services.workers.handlers import WorkerDeps, attempt
 from shared.bus import Delivery, Subscription
 from shared.catalog import ProviderSpec
-from shared.events import AttemptDispatched, ChunkMessage, Event, cancel_subject, chunk_encoder, chunk_subject
+from shared.events import CANCEL_SUBJECTS, AttemptDispatched, ChunkMessage, Event, chunk_encoder, chunk_subject
 from shared.jobs import JOBS, get_job
 from shared.lifecycle import poison, with_deadline
 
@@ -28,26 +28,38 @@ log = logging.getLogger("switchyard.workers")
 
 
 class NatsChunkRelay:
-    """Chunks out on ``sy.chunk.<request_id>``; the gateway's cancel comes in on ``sy.cancel.<request_id>``."""
+    """Chunks out on ``sy.chunk.<origin>.<request_id>``; a gateway's cancel comes in on ``sy.cancel.<request_id>``.
+
+    One subscription to every cancel serves all the streams this process relays (cancels are rare): a
+    subscription per stream cost a SUB and an UNSUB, a task in nats-py, and in a cluster the interest
+    propagated to every server, for every streamed request.
+    """
 
     def __init__(self, nc) -> None:
         self.nc = nc
+        self._streams: dict[str, set[asyncio.Event]] = {}  # request id → the streams relaying it here
 
-    async def send(self, request_id: str, message: ChunkMessage) -> None:
-        await self.nc.publish(chunk_subject(request_id), chunk_encoder.encode(message))
+    async def start(self) -> None:
+        await self.nc.subscribe(CANCEL_SUBJECTS, cb=self._on_cancel)
+
+    async def _on_cancel(self, msg) -> None:
+        for cancelled in self._streams.get(msg.subject.rpartition(".")[2], ()):
+            cancelled.set()
+
+    async def send(self, origin: str, request_id: str, message: ChunkMessage) -> None:
+        await self.nc.publish(chunk_subject(origin, request_id), chunk_encoder.encode(message))
 
     @contextlib.asynccontextmanager
     async def cancellation(self, request_id: str) -> AsyncIterator[asyncio.Event]:
         cancelled = asyncio.Event()
-
-        async def on_cancel(_msg) -> None:
-            cancelled.set()
-
-        sub = await self.nc.subscribe(cancel_subject(request_id), cb=on_cancel)
+        waiting = self._streams.setdefault(request_id, set())
+        waiting.add(cancelled)
         try:
             yield cancelled
         finally:
-            await sub.unsubscribe()
+            waiting.discard(cancelled)
+            if not waiting:
+                self._streams.pop(request_id, None)
 
 
 def durable(provider: str) -> str:
@@ -80,8 +92,10 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     health = await HealthStore.open(deps.bus, role="worker", settings=deps.settings.router, catalog=catalog,
                                     metrics=deps.telemetry.metrics)
     deps.on_stop.append(health.close)
+    relay = NatsChunkRelay(deps.bus.nc)
+    await relay.start()
     wdeps = WorkerDeps(adapters=adapters, catalog=catalog, metrics=deps.telemetry.metrics, is_cancelled=is_cancelled,
-                       relay=NatsChunkRelay(deps.bus.nc), gate=health)
+                       relay=relay, gate=health)
 
     async def handle(event: AttemptDispatched, delivery: Delivery) -> list[Event]:
         return await attempt(event, delivery, wdeps)

@@ -99,3 +99,15 @@ async def test_client_disconnect_cancels_upstream_and_bills_once(system):
     rows = await ledger_rows(system, rid)
     assert len(rows) == 1
     assert rows[0]["completion_tokens"] > 0 and rows[0]["cost_usd"] > 0
+
+
+async def test_streams_add_no_subscription_per_request(system):
+    # Chunks reach the gateway through one wildcard subscription per instance, cancels the workers through one
+    # per process: streaming requests leave the connection's subscriptions as they were, and so the server's.
+    client = sdk(system)
+    nc = system.deps.bus.nc
+    before = len(nc._subs)
+    for _ in range(5):
+        stream = await client.chat.completions.create(model="mock-1", messages=MSG, stream=True)
+        assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert len(nc._subs) == before

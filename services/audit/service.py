@@ -16,10 +16,12 @@ from typing import Any
 import msgspec
 
 from services.audit.handlers import build_rows, job_updates, trace_id_from_headers
+from services.audit.settings import AuditSettings
 from services.audit.store import AuditStore
 from services.bootstrap import Deps
 from shared.bus import Delivery, Subscription
 from shared.events import AnyEvent, Event
+from shared.settings import ConsumerSettings
 from shared.jobs import JOBS, advance_job
 
 log = logging.getLogger("switchyard.audit")
@@ -88,10 +90,27 @@ async def run(deps: Deps, arg: str | None = None) -> None:
         await store.close()
 
     deps.on_stop.append(stop)
-    sub = Subscription(DURABLE, ("sy.evt.>",), s.consumer, replayable=True)
+    sub = Subscription(DURABLE, ("sy.evt.>",), consumer_for(s, deps.targets), replayable=True)
     await deps.bus.ensure_consumer(sub)
     deps.ready["audit"] = True
     await deps.bus.consume_batches("audit", sub, handle)
+
+
+REQUEST_PATH = frozenset({"gateway", "policy", "router", "worker"})
+
+
+def consumer_for(s: AuditSettings, targets: list[str]) -> ConsumerSettings:
+    """The audit consumer's settings for this process.
+
+    Sharing the event loop with the request path, a batch's synchronous work (folding its rows, building the
+    statements' parameters) holds every request of the process for its duration, so batches stay small there
+    (``--target all``: p99 at concurrency 16 fell by about a fifth with 128 instead of 512 events). Alone, audit
+    keeps its larger batches, which cost less CPU per event.
+    """
+    shared = any(t.split(":", 1)[0] in REQUEST_PATH for t in targets)
+    if shared and s.consumer.batch > s.shared_loop_batch:
+        return s.consumer.model_copy(update={"batch": s.shared_loop_batch})
+    return s.consumer
 
 
 async def _trace(store: AuditStore, q: _TraceQuery) -> dict:

@@ -13,3 +13,5 @@ class AuditSettings(BaseModel):
         None, description="SQLAlchemy URL; default sqlite+aiosqlite:///<data_dir>/audit.db. "
                           "PostgreSQL: postgresql+asyncpg://user@host/db")
     store_text: bool = Field(False, description="keep prompt/completion text (off: never stored)")
+    shared_loop_batch: int = Field(128, ge=1, description="batch cap when audit shares its process with the "
+                                                          "request path (e.g. --target all)")

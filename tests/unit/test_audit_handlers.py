@@ -338,3 +338,15 @@ def test_job_updates_are_order_insensitive() -> None:
     assert len(expected) == 1 and expected[0].proposed.status == "completed"
     for seed in range(10):
         assert job_updates(shuffled(events + events, seed)) == expected
+
+
+def test_audit_batches_stay_small_in_a_process_that_serves_requests():
+    from services.audit.service import consumer_for
+    from services.audit.settings import AuditSettings
+
+    s = AuditSettings()
+    assert consumer_for(s, ["audit"]).batch == s.consumer.batch == 512
+    assert consumer_for(s, ["audit", "policy", "router", "worker", "gateway"]).batch == s.shared_loop_batch == 128
+    assert consumer_for(s, ["audit", "worker:openai"]).batch == 128
+    small = AuditSettings(consumer={"batch": 64})
+    assert consumer_for(small, ["audit", "gateway"]).batch == 64  # never raised above what is configured

@@ -72,7 +72,7 @@ import msgspec
 from msgspec import Struct
 
 from shared.openai_format import message_text, render_completion
-from shared.canonical import Message, Usage
+from shared.canonical import Usage
 from shared.errors import ErrorInfo
 from shared.events import (
     JOB_STATUS_OF_TERMINAL,

@@ -57,7 +57,6 @@ from shared.events import (
     JobRecord,
     RequestContext,
     TerminalEvent,
-    decoder,
     done_subject,
     terminal_id,
 )

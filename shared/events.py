@@ -47,9 +47,6 @@ def chunk_subject(origin: str, request_id: str) -> str:
     return f"sy.chunk.{origin}.{request_id}"
 
 
-CANCEL_SUBJECTS = "sy.cancel.*"
-
-
 def cancel_subject(request_id: str) -> str:
     """Core-NATS subject on which a gateway tells the streaming worker its client went away."""
     return f"sy.cancel.{request_id}"

@@ -134,6 +134,13 @@ def error_response(info: ErrorInfo, headers: dict[str, str] | None = None, body:
     return _json(body if body is not None else info.body(), status=info.status, headers=headers)
 
 
+def exception_response(exc: Exception) -> Response:
+    """An exception that left a handler, in OpenAI's shape: ours carry their info, anything else is logged (500)."""
+    if not isinstance(exc, SwitchyardError):
+        log.error("unhandled error: %r", exc, exc_info=exc)
+    return error_response(error_info(exc))
+
+
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(msgspec.json.encode(body), status_code=status, media_type="application/json", headers=headers)
 
@@ -499,7 +506,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SwitchyardError)
     async def _sy(_: Request, exc: SwitchyardError) -> Response:
-        return error_response(exc.info())
+        return exception_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
@@ -516,8 +523,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _other(_: Request, exc: Exception) -> Response:
-        log.exception("unhandled error: %r", exc)
-        return error_response(error_info(exc))
+        return exception_response(exc)
 
 
 _CHAT_SCHEMA = {"requestBody": {"required": True, "content": {"application/json": {
@@ -585,11 +591,8 @@ class HotPaths:
             return
         try:
             response = await handler(Request(scope, receive))
-        except SwitchyardError as exc:
-            response = error_response(exc.info())
-        except Exception as exc:  # noqa: BLE001 - the same answer FastAPI's catch-all handler gives
-            log.exception("unhandled error: %r", exc)
-            response = error_response(error_info(exc))
+        except Exception as exc:  # noqa: BLE001 - the same answer the FastAPI exception handlers give
+            response = exception_response(exc)
         await response(scope, receive, send)
 
 

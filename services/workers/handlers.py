@@ -235,8 +235,8 @@ async def stream_attempt(event: AttemptDispatched, delivery: Delivery, deps: Wor
                 m.ttft.labels(target.provider).observe(ttft_ms / 1000)
             assembler.add(chunk)
             sent += 1
-            await relay.send(event.ctx.origin, rid, ChunkMessage(attempt=event.attempt, delivery=delivery.num_delivered, seq=sent,
-                                               chunk=chunk, model=target.model))
+            await relay.send(event.ctx.origin, rid, ChunkMessage(
+                attempt=event.attempt, delivery=delivery.num_delivered, seq=sent, chunk=chunk, model=target.model))
 
     m.in_flight.labels(target.provider).inc()
     try:

@@ -20,7 +20,7 @@ from services.router.health import HealthStore
 from services.workers.handlers import WorkerDeps, attempt
 from shared.bus import Delivery, Subscription
 from shared.catalog import ProviderSpec
-from shared.events import CANCEL_SUBJECTS, AttemptDispatched, ChunkMessage, Event, chunk_encoder, chunk_subject
+from shared.events import AttemptDispatched, ChunkMessage, Event, cancel_subject, chunk_encoder, chunk_subject
 from shared.jobs import JOBS, get_job
 from shared.lifecycle import poison, with_deadline
 
@@ -40,7 +40,7 @@ class NatsChunkRelay:
         self._streams: dict[str, set[asyncio.Event]] = {}  # request id → the streams relaying it here
 
     async def start(self) -> None:
-        await self.nc.subscribe(CANCEL_SUBJECTS, cb=self._on_cancel)
+        await self.nc.subscribe(cancel_subject("*"), cb=self._on_cancel)
 
     async def _on_cancel(self, msg) -> None:
         for cancelled in self._streams.get(msg.subject.rpartition(".")[2], ()):

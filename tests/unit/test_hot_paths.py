@@ -1,0 +1,56 @@
+"""The gateway's ASGI front: hot endpoints answered before FastAPI, with the same OpenAI error shape."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import FastAPI
+
+from services.gateway.app import HotPaths, install_error_handlers
+from shared.errors import InvalidRequest
+
+
+class FakeGateway:
+    """Handlers that answer, refuse, or fail the way a real one could."""
+
+    async def chat_completions(self, request):
+        raise InvalidRequest("bad body", param="messages")
+
+    async def messages(self, request):
+        raise RuntimeError("a bug")
+
+    async def embeddings(self, request):
+        from services.gateway.app import _json
+
+        return _json({"ok": True})
+
+    submit_job = embeddings
+
+    async def get_job(self, request, job_id):
+        from services.gateway.app import _json
+
+        return _json({"id": job_id})
+
+
+def app() -> HotPaths:
+    fastapi = FastAPI()
+    install_error_handlers(fastapi)
+
+    @fastapi.get("/other")
+    async def other():
+        raise RuntimeError("a bug behind FastAPI")
+
+    return HotPaths(fastapi, FakeGateway())
+
+
+async def test_hot_paths_answer_and_fail_like_the_fastapi_handlers():
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app(), raise_app_exceptions=False),
+                                 base_url="http://t") as c:
+        refused = await c.post("/v1/chat/completions", json={})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "messages" and refused.json()["error"]["message"] == "bad body"
+        bug, behind = await c.post("/v1/messages", json={}), await c.get("/other")
+        assert bug.status_code == behind.status_code == 500
+        assert bug.json() == behind.json()  # one mapping serves both paths
+        assert (await c.get("/v1/jobs/job_abc")).json() == {"id": "job_abc"}
+        assert (await c.post("/v1/embeddings", json={})).json() == {"ok": True}
+        assert (await c.get("/v1/jobs/job_abc/extra")).status_code == 404  # not a hot path: FastAPI's 404

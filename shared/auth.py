@@ -294,7 +294,12 @@ class KeyStore(KeyRing):
                 fresh: dict[str, KeyRecord] | None = {}
                 loop = asyncio.get_running_loop()
                 renew_at = loop.time() + self.RESYNC_S
+                me = asyncio.current_task()
                 while loop.time() < renew_at:
+                    if me.cancelling():
+                        # nats-py's ``updates`` uses asyncio.wait_for, which (Python 3.11) returns an update
+                        # that arrived together with our cancellation instead of raising it: stop here.
+                        raise asyncio.CancelledError
                     try:
                         entry = await watcher.updates(timeout=max(0.1, renew_at - loop.time()))
                     except Exception:  # noqa: BLE001 - nats TimeoutError: nothing changed; maybe renew

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import msgspec
 import uvicorn
@@ -167,18 +167,18 @@ class Gateway:
         self._owner = {m.name: m.deployments[0].provider for m in deps.catalog.models.values()}
 
     async def start(self) -> None:
-        await self.deps.bus.nc.subscribe(done_subject(self.id), cb=self._on_done)
+        bus = self.deps.bus
+        await bus.subscribe(done_subject(self.id), self._on_done)
         # One subscription for the chunks of every stream this instance relays (not one per request).
-        await self.deps.bus.nc.subscribe(chunk_subject(self.id, "*"), cb=self._on_chunk, pending_msgs_limit=-1,
-                                         pending_bytes_limit=-1)
+        await bus.subscribe(chunk_subject(self.id, "*"), self._on_chunk)
         self._jobs_kv = await self.deps.bus.kv(JOBS)
 
-    async def _on_chunk(self, msg) -> None:
+    def _on_chunk(self, msg) -> None:
         inbox = self.streams.get(msg.subject.rpartition(".")[2])
         if inbox is not None:
             inbox.on_chunk(msg)
 
-    async def _on_done(self, msg) -> None:
+    def _on_done(self, msg) -> None:
         try:
             self.waiters.resolve(_terminal_decoder.decode(msg.data))
         except msgspec.DecodeError as exc:
@@ -565,7 +565,7 @@ class HotPaths:
     the same OpenAI shape as the FastAPI exception handlers give them.
     """
 
-    def __init__(self, app: FastAPI, gw: Gateway) -> None:
+    def __init__(self, app: FastAPI, gw: Gateway, on_request: Callable[[], None] | None = None) -> None:
         self.app = app
         self.exact = {
             ("POST", "/v1/chat/completions"): gw.chat_completions,
@@ -574,6 +574,7 @@ class HotPaths:
             ("POST", "/v1/jobs"): gw.submit_job,
         }
         self.get_job = gw.get_job
+        self._poke = on_request or (lambda: None)
 
     def _handler(self, scope: dict):
         method, path = scope["method"], scope["path"]
@@ -589,6 +590,7 @@ class HotPaths:
         if handler is None:
             await self.app(scope, receive, send)
             return
+        self._poke()  # the request's answer comes back over the bus within the busy-poll window
         try:
             response = await handler(Request(scope, receive))
         except Exception as exc:  # noqa: BLE001 - the same answer the FastAPI exception handlers give
@@ -645,7 +647,7 @@ async def serve_ops(deps: Deps, port: int) -> None:
 async def run(deps: Deps, arg: str | None = None) -> None:
     gw = Gateway(deps)
     await gw.start()
-    app = HotPaths(create_app(deps, gw), gw)
+    app = HotPaths(create_app(deps, gw), gw, on_request=deps.bus.poll.poke)
     s = deps.settings.gateway
     deps.ready["gateway"] = True
     print(f"switchyard: gateway listening on http://{s.host}:{s.port} (docs at /docs)", flush=True)

@@ -35,14 +35,15 @@ class NatsChunkRelay:
     propagated to every server, for every streamed request.
     """
 
-    def __init__(self, nc) -> None:
-        self.nc = nc
+    def __init__(self, bus) -> None:
+        self.bus = bus
+        self.nc = bus.nc
         self._streams: dict[str, set[asyncio.Event]] = {}  # request id → the streams relaying it here
 
     async def start(self) -> None:
-        await self.nc.subscribe(cancel_subject("*"), cb=self._on_cancel)
+        await self.bus.subscribe(cancel_subject("*"), self._on_cancel)
 
-    async def _on_cancel(self, msg) -> None:
+    def _on_cancel(self, msg) -> None:
         for cancelled in self._streams.get(msg.subject.rpartition(".")[2], ()):
             cancelled.set()
 
@@ -92,7 +93,7 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     health = await HealthStore.open(deps.bus, role="worker", settings=deps.settings.router, catalog=catalog,
                                     metrics=deps.telemetry.metrics)
     deps.on_stop.append(health.close)
-    relay = NatsChunkRelay(deps.bus.nc)
+    relay = NatsChunkRelay(deps.bus)
     await relay.start()
     wdeps = WorkerDeps(adapters=adapters, catalog=catalog, metrics=deps.telemetry.metrics, is_cancelled=is_cancelled,
                        relay=relay, gate=health)

@@ -184,3 +184,72 @@ async def test_kv_reads_are_direct_gets_that_tell_a_missing_key_from_a_missing_b
     await bus.js.delete_key_value("t_direct_old")
     with pytest.raises(ServiceUnavailable):
         await kv_get(kv, "k")  # the bucket is gone: not "no such key"
+
+
+async def test_direct_subscriptions_deliver_in_order_without_a_task_per_subscription(bus):
+    """``Bus.subscribe`` hands messages to a synchronous function from the read loop, in order; a failing
+    function is logged and the subscription goes on; unsubscribing and draining still work."""
+    got: list[bytes] = []
+
+    def fn(msg):
+        if msg.data == b"boom":
+            raise RuntimeError("handler bug")
+        got.append(msg.data)
+
+    sub = await bus.subscribe("test.direct", fn)
+    await asyncio.sleep(0)
+    assert sub._wait_for_msgs_task.done()  # nats-py's per-subscription task is gone
+    assert not isinstance(sub._pending_queue, asyncio.Queue)
+    for i in range(50):
+        await bus.nc.publish("test.direct", b"boom" if i == 10 else str(i).encode())
+    await bus.nc.flush()
+    for _ in range(100):
+        if len(got) == 49:
+            break
+        await asyncio.sleep(0.01)
+    assert got == [str(i).encode() for i in range(50) if i != 10]
+    assert sub.pending_msgs == 0
+    await sub.drain()
+    await bus.nc.publish("test.direct", b"late")
+    await bus.nc.flush()
+    await asyncio.sleep(0.05)
+    assert got[-1] == b"49"
+
+
+async def test_busy_poll_keeps_the_loop_turning_for_its_window_only():
+    from shared.bus import BusyPoll
+
+    poll = BusyPoll(0.02)
+    poll.start()
+    turns = 0
+    original = poll._turn
+
+    def counting():
+        nonlocal turns
+        turns += 1
+        original()
+
+    poll._turn = counting
+    poll.poke()
+    assert poll._armed
+    await asyncio.sleep(0.05)
+    assert not poll._armed  # the window passed with no message: the loop may sleep again
+    assert turns > 1
+    seen = turns
+    await asyncio.sleep(0.03)
+    assert turns == seen  # nothing keeps an idle loop busy
+    off = BusyPoll(0.0)
+    off.start()
+    off.poke()
+    assert not off._armed
+
+
+def test_busy_poll_is_on_by_default_only_where_one_process_runs_the_request_path():
+    from services.bootstrap import BUSY_POLL_S, REQUEST_PATH
+
+    tel = Telemetry(TelemetrySettings())
+    assert Bus(NatsSettings(), tel, busy_poll_s=BUSY_POLL_S).poll.window_s == BUSY_POLL_S
+    assert Bus(NatsSettings(), tel, busy_poll_s=0.0).poll.window_s == 0.0
+    assert Bus(NatsSettings(busy_poll_us=0), tel, busy_poll_s=BUSY_POLL_S).poll.window_s == 0.0
+    assert Bus(NatsSettings(busy_poll_us=2000), tel, busy_poll_s=0.0).poll.window_s == 0.002
+    assert set(REQUEST_PATH) == {"gateway", "policy", "router", "worker"}

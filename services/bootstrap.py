@@ -38,6 +38,8 @@ MODULES: dict[str, str] = {
 }
 ALL = ("audit", "policy", "router", "worker", "gateway")
 KEY_USERS = ("gateway", "policy")  # the targets that authenticate keys
+REQUEST_PATH = ("gateway", "policy", "router", "worker")  # a process running all of these busy-polls (bus.py)
+BUSY_POLL_S = 0.0005
 
 
 @dataclass
@@ -117,7 +119,9 @@ def _local_admin_key(data_dir: Path) -> tuple[str, str | None]:
 
 async def build(settings: Settings, targets: list[str]) -> Deps:
     telemetry = Telemetry(settings.telemetry, service_name="switchyard-" + "-".join(t.replace(":", "-") for t in targets)[:60])
-    bus = Bus(settings.nats, telemetry, name="switchyard:" + ",".join(targets))
+    names = {t.split(":", 1)[0] for t in targets}
+    bus = Bus(settings.nats, telemetry, name="switchyard:" + ",".join(targets),
+              busy_poll_s=BUSY_POLL_S if names.issuperset(REQUEST_PATH) else 0.0)
     await bus.connect()
     await bus.ensure_stream()
     catalog = load_catalog(settings.catalog_path)

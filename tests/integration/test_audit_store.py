@@ -422,3 +422,66 @@ async def test_a_database_from_an_earlier_version_gains_new_columns(store: Audit
         assert trace is not None and trace["attempts"][0]["outcome"] == "success"
     finally:
         await reopened.close()
+
+
+# ---- the SQLite file's direct writer -------------------------------------------------------------
+
+async def _every_row(store: AuditStore) -> dict[str, list[tuple]]:
+    out = {}
+    async with store.engine.connect() as conn:
+        for table in store.schema.metadata.sorted_tables:
+            rows = await conn.execute(select(table).order_by(*table.primary_key.columns))
+            out[table.name] = [tuple(r) for r in rows]
+    return out
+
+
+async def test_sqlite_direct_writer_stores_what_the_engine_stores(tmp_path) -> None:
+    direct = await AuditStore.open(f"sqlite+aiosqlite:///{tmp_path}/direct.db")
+    engine = await AuditStore.open(f"sqlite+aiosqlite:///{tmp_path}/engine.db")
+    try:
+        assert direct._direct is not None
+        await engine._direct.close()
+        engine._direct = None  # the engine path, as PostgreSQL and in-memory databases use it
+        stories = [retried(Story("r1")), Story("r2").simple(), Story("r3", team="ops").simple(cost=0.02)]
+        batches = [stories[0][:3], stories[1], stories[0][3:], stories[2], stories[0]]  # split, out of order, again
+        for store in (direct, engine):
+            for batch in batches:
+                await apply(store, batch, store_text=True)
+        rows = await _every_row(direct)
+        assert rows == await _every_row(engine)
+        assert sum(len(v) for v in rows.values()) > 10
+        assert (await direct.trace("r1", "acme"))["cost_usd"] == pytest.approx(0.0017)
+    finally:
+        await direct.close()
+        await engine.close()
+
+
+async def test_sqlite_direct_writer_batch_is_all_or_nothing(tmp_path, monkeypatch) -> None:
+    store = await AuditStore.open(f"sqlite+aiosqlite:///{tmp_path}/atomic.db")
+    try:
+        writer = store._direct
+        real = writer._statement
+
+        def broken(name, row):
+            sql, extra = real(name, row)
+            return (sql.replace("audit_ledger", "no_such_table"), extra) if name == "ledger" else (sql, extra)
+
+        monkeypatch.setattr(writer, "_statement", broken)
+        with pytest.raises(Exception, match="no_such_table"):
+            await apply(store, Story("r1").simple())
+        assert all(not rows for rows in (await _every_row(store)).values())  # the requests written first are gone
+        monkeypatch.setattr(writer, "_statement", real)
+        await apply(store, Story("r1").simple())  # the same connection goes on
+        assert (await store.trace("r1", "acme"))["status"] == "succeeded"
+    finally:
+        await store.close()
+
+
+async def test_sqlite_in_memory_stays_on_the_engine() -> None:
+    store = await AuditStore.open("sqlite+aiosqlite:///:memory:")
+    try:
+        assert store._direct is None
+        await apply(store, Story("r1").simple())
+        assert (await store.trace("r1", "acme"))["status"] == "succeeded"
+    finally:
+        await store.close()

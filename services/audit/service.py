@@ -52,7 +52,7 @@ class _TraceQuery(msgspec.Struct, forbid_unknown_fields=True):
 
 async def run(deps: Deps, arg: str | None = None) -> None:
     s = deps.settings.audit
-    store = await AuditStore.open(database_url(deps))
+    store = await AuditStore.open(database_url(deps), direct=not shares_process(deps.targets))
     jobs_kv = await deps.bus.kv(JOBS)
     nc = deps.bus.nc
 
@@ -96,6 +96,11 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     await deps.bus.consume_batches("audit", sub, handle)
 
 
+def shares_process(targets: list[str]) -> bool:
+    """Whether audit runs in one process (one event loop, one GIL) with any other target."""
+    return any(t.split(":", 1)[0] != "audit" for t in targets)
+
+
 def consumer_for(s: AuditSettings, targets: list[str]) -> ConsumerSettings:
     """The audit consumer's settings for this process.
 
@@ -104,8 +109,7 @@ def consumer_for(s: AuditSettings, targets: list[str]) -> ConsumerSettings:
     (``--target all``: p99 at concurrency 16 fell by about a fifth with 128 instead of 512 events). Alone, audit
     keeps its larger batches, which cost less CPU per event.
     """
-    shared = any(t.split(":", 1)[0] != "audit" for t in targets)
-    if shared and s.consumer.batch > s.shared_loop_batch:
+    if shares_process(targets) and s.consumer.batch > s.shared_loop_batch:
         return s.consumer.model_copy(update={"batch": s.shared_loop_batch})
     return s.consumer
 

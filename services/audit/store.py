@@ -266,8 +266,11 @@ class AuditStore:
         self._direct: _SqliteWriter | None = None  # a SQLite file's writes (see _SqliteWriter)
 
     @classmethod
-    async def open(cls, url: str, *, prefix: str = "audit_") -> "AuditStore":
-        """Connect to ``url`` and create the tables and indexes that are missing."""
+    async def open(cls, url: str, *, prefix: str = "audit_", direct: bool = True) -> "AuditStore":
+        """Connect to ``url`` and create the tables and indexes that are missing.
+
+        ``direct``: write a SQLite file's batches through ``_SqliteWriter`` (for a process of its own; see
+        ``services.audit.service.store_for``)."""
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
@@ -283,7 +286,7 @@ class AuditStore:
                 await conn.run_sync(_add_missing_columns, store.schema.metadata)
             # A file with no URL options: writes go through sqlite3 directly (an in-memory database would be a
             # second, empty one on another connection, so it stays on the engine).
-            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            if direct and parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
                     and not parsed.query:
                 store._direct = _SqliteWriter(os.path.abspath(parsed.database), store._writes)
                 await store._direct.open()
@@ -467,8 +470,15 @@ class _SqliteWriter:
     for SQLite per set of columns, and a batch is one call on a thread of its own: BEGIN IMMEDIATE, one
     ``executemany`` per statement, COMMIT. Offline (16 requests per batch) 148 → 52 µs of CPU per event; in
     the running system, where SQLite's own work is most of what is left, the audit process's CPU per request
-    fell by 17-18 % (sy-split at concurrency 64, paired runs). Reads, and PostgreSQL, stay on the engine;
-    WAL lets them read while this connection writes.
+    fell by 17 % and sy-split served 12 % more requests/s at concurrency 64 (eight runs each, alternating
+    ABBA with an identical system on the old code). Reads, and PostgreSQL, stay on the engine; WAL lets
+    them read while this connection writes.
+
+    Only where audit has its process to itself. Sharing one with the request path (``--target all``) it
+    gained nothing in the same kind of runs (423 vs 431 req/s, p99 199 vs 188 ms, medians): this thread
+    binds a whole batch's rows holding the GIL, which the event loop then waits for, where aiosqlite's
+    per-statement trips hand it back between statements.
+    
     """
 
     def __init__(self, path: str, writes: _WriteStatements) -> None:

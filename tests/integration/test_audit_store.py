@@ -477,8 +477,12 @@ async def test_sqlite_direct_writer_batch_is_all_or_nothing(tmp_path, monkeypatc
         await store.close()
 
 
-async def test_sqlite_in_memory_stays_on_the_engine() -> None:
-    store = await AuditStore.open("sqlite+aiosqlite:///:memory:")
+@pytest.mark.parametrize("how", ["memory", "shared process"])
+async def test_sqlite_stays_on_the_engine(how, tmp_path) -> None:
+    if how == "memory":
+        store = await AuditStore.open("sqlite+aiosqlite:///:memory:")
+    else:
+        store = await AuditStore.open(f"sqlite+aiosqlite:///{tmp_path}/shared.db", direct=False)
     try:
         assert store._direct is None
         await apply(store, Story("r1").simple())

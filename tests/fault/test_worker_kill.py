@@ -72,6 +72,12 @@ def tally(ids: list[str], states: dict[str, dict], ledger_rows: list[dict]) -> T
     )
 
 
+def nice_of(pid: int) -> int:
+    """The nice value of a process, from /proc (the 19th field of its stat line)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[16])
+
+
 async def test_worker_sigkill_mid_flight_loses_nothing(tmp_path: Path):
     nats = NatsServer(tmp_path / "nats").start()
     port = free_port()
@@ -86,7 +92,8 @@ async def test_worker_sigkill_mid_flight_loses_nothing(tmp_path: Path):
         "SWITCHYARD_LOG_LEVEL": "WARNING",
     }
     core = ServiceProcess("gateway,policy,router,audit", env, tmp_path).start()
-    worker = ServiceProcess("worker:mock-fault", env, tmp_path).start()
+    # As on one host in the bench's split shape: the pipeline runs below the gateway's CPU priority.
+    worker = ServiceProcess("worker:mock-fault", env | {"SWITCHYARD_NICE": "10"}, tmp_path).start()
     try:
         wait_http_ready(f"http://127.0.0.1:{port}/readyz")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
@@ -95,6 +102,7 @@ async def test_worker_sigkill_mid_flight_loses_nothing(tmp_path: Path):
             # 200 jobs × 400 ms at 20 in flight ≈ 4 s of work: kill the worker while it is busy.
             await asyncio.sleep(1.5)
             assert worker.alive()
+            assert nice_of(worker.proc.pid) == 10
             worker.kill()
             await asyncio.sleep(1.0)
             worker.start()

@@ -52,7 +52,7 @@ class _TraceQuery(msgspec.Struct, forbid_unknown_fields=True):
 
 async def run(deps: Deps, arg: str | None = None) -> None:
     s = deps.settings.audit
-    store = await AuditStore.open(database_url(deps), direct=not shares_process(deps.targets))
+    store = await AuditStore.open(database_url(deps))
     jobs_kv = await deps.bus.kv(JOBS)
     nc = deps.bus.nc
 

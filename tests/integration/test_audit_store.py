@@ -475,7 +475,7 @@ async def test_sqlite_direct_writer_batch_is_all_or_nothing(tmp_path, monkeypatc
         await store.close()
 
 
-@pytest.mark.parametrize("how", ["memory", "shared process"])
+@pytest.mark.parametrize("how", ["memory", "engine asked for"])
 async def test_sqlite_stays_on_the_engine(how, tmp_path) -> None:
     if how == "memory":
         store = await AuditStore.open("sqlite+aiosqlite:///:memory:")

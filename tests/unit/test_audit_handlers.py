@@ -348,7 +348,7 @@ def test_audit_batches_stay_small_in_a_process_that_serves_requests():
     assert consumer_for(s, ["audit"]).batch == s.consumer.batch == 512
     assert consumer_for(s, ["audit", "policy", "router", "worker", "gateway"]).batch == s.shared_loop_batch == 128
     assert not shares_process(["audit"]) and not shares_process(["audit:1"])
-    assert shares_process(["audit", "gateway"])  # then the SQLite writes stay on the engine (store.py)
+    assert shares_process(["audit", "gateway"])
     assert consumer_for(s, ["audit", "worker:openai"]).batch == 128
     small = AuditSettings(consumer={"batch": 64})
     assert consumer_for(small, ["audit", "gateway"]).batch == 64  # never raised above what is configured

@@ -313,15 +313,14 @@ class AuditStore:
         if not batch:
             return
         plan = _plan(batch)
-        resum = sorted({a.request_id for a in batch.attempts})
         if self._direct is not None:
-            await self._direct.apply(plan, resum)
+            await self._direct.apply(plan)
             return
         w = self._writes
         async with self.engine.begin() as conn:
             for name, rows in plan:
                 if name == "resum":
-                    params = _totals_params((await conn.execute(w.sums, {"ids": resum})).all())
+                    params = _totals_params((await conn.execute(w.sums, {"ids": rows})).all())
                     if params:
                         await conn.execute(w.totals, params)
                 else:
@@ -434,10 +433,10 @@ class AuditStore:
         }
 
 
-def _plan(batch: AuditBatch) -> list[tuple[str, list[dict[str, Any]]]]:
+def _plan(batch: AuditBatch) -> list[tuple[str, list[Any]]]:
     """The batch's statements in the order they run, each with its rows' parameters (``resum``: re-sum the
-    totals of the requests whose attempts the batch touched)."""
-    plan: list[tuple[str, list[dict[str, Any]]]] = []
+    totals of the requests whose attempts the batch touched; its list holds their ids)."""
+    plan: list[tuple[str, list[Any]]] = []
     if batch.requests:
         # Key order: on PostgreSQL the row locks are then taken in a fixed order (no deadlocks).
         plan.append(("requests", [{**_row_params(r), "stage": r.stage}
@@ -447,7 +446,7 @@ def _plan(batch: AuditBatch) -> list[tuple[str, list[dict[str, Any]]]]:
     if batch.ledger:
         plan.append(("ledger", [_row_params(r) for r in batch.ledger]))
     if batch.attempts:
-        plan.append(("resum", []))
+        plan.append(("resum", sorted({a.request_id for a in batch.attempts})))
     for name, rows in (("admissions", batch.admissions), ("budget", batch.budget), ("routing", batch.routing),
                        ("attempt_routes", batch.attempt_routes)):
         if rows:
@@ -497,8 +496,8 @@ class _SqliteWriter:
         self.conn = sqlite3.connect(self.path, isolation_level=None)  # transactions are BEGIN/COMMIT below
         _sqlite_pragmas(self.conn, None)  # the engine's connections' settings, busy_timeout included
 
-    async def apply(self, plan: list[tuple[str, list[dict[str, Any]]]], resum: list[str]) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.thread, self._apply, plan, resum)
+    async def apply(self, plan: list[tuple[str, list[Any]]]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.thread, self._apply, plan)
 
     def _statement(self, name: str, row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Statement ``name``'s SQL for rows with ``row``'s keys, and what SQLAlchemy would add to each row's
@@ -516,7 +515,7 @@ class _SqliteWriter:
             found = self.statements[key] = (str(compiled), extra)
         return found
 
-    def _apply(self, plan: list[tuple[str, list[dict[str, Any]]]], resum: list[str]) -> None:
+    def _apply(self, plan: list[tuple[str, list[Any]]]) -> None:
         conn = self.conn
         if conn is None:
             raise RuntimeError("the audit store is closed")
@@ -524,7 +523,7 @@ class _SqliteWriter:
         try:
             for name, rows in plan:
                 if name == "resum":
-                    expanded = self.sums.construct_expanded_state({"ids": resum})
+                    expanded = self.sums.construct_expanded_state({"ids": rows})
                     rows = _totals_params(conn.execute(expanded.statement, expanded.parameters).fetchall())
                     name = "totals"
                     if not rows:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import msgspec
 import pytest
 
@@ -40,12 +46,6 @@ print(json.dumps({"nice": os.getpriority(os.PRIO_PROCESS, 0), "thread": seen["th
 
 
 def _probe(nice: int, new_session: bool) -> dict:
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     out = subprocess.run([sys.executable, "-c", _PRIORITY_PROBE], env={**os.environ, "NICE": str(nice)},
                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60,
                          start_new_session=new_session, check=True)
@@ -56,8 +56,6 @@ def test_nice_lowers_the_process_and_its_own_session_group():
     """SWITCHYARD_NICE: the process and every thread it starts later run at that nice; a process leading its
     own session (as each bench/supervisor-started target does) also sets its autogroup, which is what the
     kernel weighs between sessions."""
-    import os
-
     want = max(7, os.getpriority(os.PRIO_PROCESS, 0))  # a child starts at its parent's nice
     got = _probe(7, new_session=True)
     assert got["nice"] == want and got["thread"] == want
@@ -67,8 +65,6 @@ def test_nice_lowers_the_process_and_its_own_session_group():
 
 def test_nice_leaves_a_shared_session_group_alone():
     """A target started inside someone else's session (a shell's) lowers only itself, not the whole session."""
-    import os
-
     want = max(5, os.getpriority(os.PRIO_PROCESS, 0))
     got = _probe(5, new_session=False)
     assert got["nice"] == want and got["thread"] == want
@@ -76,8 +72,6 @@ def test_nice_leaves_a_shared_session_group_alone():
 
 
 def test_nice_zero_changes_nothing_and_out_of_range_is_refused():
-    import os
-
     from pydantic import ValidationError
 
     from services.bootstrap import lower_cpu_priority

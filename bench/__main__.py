@@ -36,7 +36,7 @@ from bench.burst import run_burst
 from bench.jobs import measure_jobs
 from bench.load import run_wrk
 from bench.procs import MemorySampler, Procs, cpu_busy, memory, quiesce, raise_nofile
-from bench.report import render_table, render_targets, targets
+from bench.report import refine_between, render_table, render_targets, targets
 from bench.stream import measure_ttft
 from bench.systems import (KEY, SY_SPLIT_TARGETS, Direct, LiteLLM, SwitchyardAll, SwitchyardSplit, System,
                            version_of_litellm)
@@ -57,6 +57,7 @@ class Profile:
     c1_s: float = 10.0          # the concurrency-1 point (added latency)
     warmup_s: float = 3.0
     sweep: tuple[int, ...] = (1, 16, 64, 256)
+    search_steps: int = 2       # points measured between the best passing sweep point and the next failing one
     d50: bool = True            # the 50 ms upstream at c=1 and c=256
     overhead_n: int = 200       # sequential requests reading x-switchyard-overhead-ms
     ttft_n: int = 100
@@ -71,7 +72,7 @@ class Profile:
 
 
 FULL = Profile("full")
-QUICK = Profile("quick", run_s=3.0, c1_s=3.0, warmup_s=2.0, sweep=(1, 64), d50=False, overhead_n=50, ttft_n=20,
+QUICK = Profile("quick", run_s=3.0, c1_s=3.0, warmup_s=2.0, sweep=(1, 64), search_steps=1, d50=False, overhead_n=50, ttft_n=20,
                 jobs_s=3.0, drain_timeout_s=45.0, burst=1000, burst_timeout_s=30.0, settle_s=0.5,
                 systems=QUICK_SYSTEMS)
 
@@ -140,6 +141,17 @@ def measure(system: System, wrk: str, p: Profile, res: dict) -> None:
                             p.c1_s if c == 1 else p.run_s)
                 res["sweep"][str(c)] = r.public()
                 log(f"{system.name}: c={c}: {r.rps:.0f} req/s p50 {r.p50_ms} ms p99 {r.p99_ms} ms "
+                    f"errors {r.errors}{' ' + r.failed if r.failed else ''}")
+                time.sleep(p.settle_s)
+                quiesce(system.pids())
+            # The best throughput under the p99 bar can lie between two sweep points: measure between them.
+            for _ in range(p.search_steps):
+                c = refine_between({**res["sweep"], **res.get("search", {})})
+                if c is None:
+                    break
+                r = run_wrk(wrk, system.chat_url("fast"), system.body("fast"), system.key, c, p.run_s)
+                res.setdefault("search", {})[str(c)] = r.public()
+                log(f"{system.name}: search c={c}: {r.rps:.0f} req/s p50 {r.p50_ms} ms p99 {r.p99_ms} ms "
                     f"errors {r.errors}{' ' + r.failed if r.failed else ''}")
                 time.sleep(p.settle_s)
                 quiesce(system.pids())

@@ -2,9 +2,11 @@
 
 Every cell is ``value (ratio×)`` where the ratio is this system's value
 divided by LiteLLM 1 worker's in the same run. "Best RPS" is the highest
-requests/s among the concurrency-sweep points (immediate upstream) whose p99
-was ≤ 100 ms with zero errors: wrk is closed-loop, so this is the best
-*measured* point meeting the condition, not a search over offered load.
+requests/s among the measured points (immediate upstream) whose p99 was
+≤ 100 ms with zero errors: the sweep's, and those measured between the best
+passing sweep point and the next failing one (``refine_between``). wrk is
+closed-loop, so this is the best *measured* concurrency meeting the
+condition, not a search over offered load.
 """
 
 from __future__ import annotations
@@ -33,12 +35,38 @@ def _get(d: Any, *path, default=None):
     return default if d is None else d
 
 
-def best_point(sweep: dict) -> tuple[float, int] | None:
-    """(rps, concurrency) of the best sweep point with p99 ≤ 100 ms and no errors."""
-    ok = [(r["rps"], int(c)) for c, r in sweep.items()
-          if not r.get("failed") and r["errors"] == 0 and r["p99_ms"] is not None and r["p99_ms"] <= P99_LIMIT_MS
-          and r["requests"] > 0]
+def passes(r: dict) -> bool:
+    """A load point that counts for the best throughput: p99 ≤ 100 ms, no errors, requests answered."""
+    return (not r.get("failed") and r["errors"] == 0 and r["p99_ms"] is not None and r["p99_ms"] <= P99_LIMIT_MS
+            and r["requests"] > 0)
+
+
+def best_point(points: dict) -> tuple[float, int] | None:
+    """(rps, concurrency) of the best measured point with p99 ≤ 100 ms and no errors."""
+    ok = [(r["rps"], int(c)) for c, r in points.items() if passes(r)]
     return max(ok) if ok else None
+
+
+def refine_between(points: dict, ratio: float = 1.5) -> int | None:
+    """The next concurrency to measure for the best throughput, or None when there is none worth measuring.
+
+    The sweep's steps are 4× apart, so the highest throughput under the p99 bar can lie between the best
+    passing point and the lowest failing one above it: this is the geometric middle of those two while they
+    are more than ``ratio`` apart. Nothing to refine when no point passes (nothing is below concurrency 1)
+    or none above the best fails.
+    """
+    best = best_point(points)
+    if best is None:
+        return None
+    low = best[1]
+    above = [int(c) for c, r in points.items() if int(c) > low and not passes(r)]
+    if not above:
+        return None
+    high = min(above)
+    if high <= low * ratio:
+        return None
+    mid = round((low * high) ** 0.5)
+    return mid if low < mid < high and str(mid) not in points else None
 
 
 def derive(results: dict) -> dict[str, dict[str, Any]]:
@@ -57,7 +85,7 @@ def derive(results: dict) -> dict[str, dict[str, Any]]:
         if a and b and a.get("p50_ms") is not None and b.get("p50_ms") is not None and not a["errors"]:
             f["added50_p50_ms"] = a["p50_ms"] - b["p50_ms"]
             f["added50_p99_ms"] = a["p99_ms"] - b["p99_ms"]
-        best = best_point(sweep)
+        best = best_point({**sweep, **s.get("search", {})})
         if best:
             f["best_rps"], f["best_c"] = best
         t, dt = s.get("ttft") or {}, direct.get("ttft") or {}
@@ -172,8 +200,9 @@ def render_table(results: dict) -> str:
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
     notes = [f"(Nx) = this system / {BASE} in the same run." if base_present else f"{BASE} not measured: no ratios.",
-             "added = system - direct upstream (same percentile). Best requests/s = best sweep point "
-             f"meeting p99 <= {P99_LIMIT_MS:.0f} ms with 0 errors (wrk is closed-loop).",
+             "added = system - direct upstream (same percentile). Best requests/s = best measured point "
+             f"meeting p99 <= {P99_LIMIT_MS:.0f} ms with 0 errors (wrk is closed-loop): the sweep's, and those "
+             "measured between its best passing point and the next failing one.",
              "RSS = sum of VmRSS over each system's whole process tree (incl. nats-server); PSS counts "
              "pages shared between forked workers once."]
     busy = {n: s["background_cpu"] for n, s in results["systems"].items() if s.get("background_cpu", 0) > 0.15}

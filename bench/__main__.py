@@ -72,8 +72,8 @@ class Profile:
 
 
 FULL = Profile("full")
-QUICK = Profile("quick", run_s=3.0, c1_s=3.0, warmup_s=2.0, sweep=(1, 64), search_steps=1, d50=False, overhead_n=50, ttft_n=20,
-                jobs_s=3.0, drain_timeout_s=45.0, burst=1000, burst_timeout_s=30.0, settle_s=0.5,
+QUICK = Profile("quick", run_s=3.0, c1_s=3.0, warmup_s=2.0, sweep=(1, 64), search_steps=1, d50=False, overhead_n=50,
+                ttft_n=20, jobs_s=3.0, drain_timeout_s=45.0, burst=1000, burst_timeout_s=30.0, settle_s=0.5,
                 systems=QUICK_SYSTEMS)
 
 
@@ -135,26 +135,24 @@ def measure(system: System, wrk: str, p: Profile, res: dict) -> None:
 
     def sweep() -> None:
         res["sweep"] = {}
+
+        def point(into: str, c: int, duration_s: float) -> None:
+            r = run_wrk(wrk, system.chat_url("fast"), system.body("fast"), system.key, c, duration_s)
+            res.setdefault(into, {})[str(c)] = r.public()
+            log(f"{system.name}: {'search ' if into == 'search' else ''}c={c}: {r.rps:.0f} req/s p50 {r.p50_ms} ms "
+                f"p99 {r.p99_ms} ms errors {r.errors}{' ' + r.failed if r.failed else ''}")
+            time.sleep(p.settle_s)
+            quiesce(system.pids())
+
         with MemorySampler(system.pids()) as mem:
             for c in p.sweep:
-                r = run_wrk(wrk, system.chat_url("fast"), system.body("fast"), system.key, c,
-                            p.c1_s if c == 1 else p.run_s)
-                res["sweep"][str(c)] = r.public()
-                log(f"{system.name}: c={c}: {r.rps:.0f} req/s p50 {r.p50_ms} ms p99 {r.p99_ms} ms "
-                    f"errors {r.errors}{' ' + r.failed if r.failed else ''}")
-                time.sleep(p.settle_s)
-                quiesce(system.pids())
+                point("sweep", c, p.c1_s if c == 1 else p.run_s)
             # The best throughput under the p99 bar can lie between two sweep points: measure between them.
             for _ in range(p.search_steps):
                 c = refine_between({**res["sweep"], **res.get("search", {})})
                 if c is None:
                     break
-                r = run_wrk(wrk, system.chat_url("fast"), system.body("fast"), system.key, c, p.run_s)
-                res.setdefault("search", {})[str(c)] = r.public()
-                log(f"{system.name}: search c={c}: {r.rps:.0f} req/s p50 {r.p50_ms} ms p99 {r.p99_ms} ms "
-                    f"errors {r.errors}{' ' + r.failed if r.failed else ''}")
-                time.sleep(p.settle_s)
-                quiesce(system.pids())
+                point("search", c, p.run_s)
         res["rss_load"] = asdict(mem.peak)
 
     def d50() -> None:

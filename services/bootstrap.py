@@ -187,6 +187,9 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+_AUTOGROUP = Path("/proc/self/autogroup")
+
+
 def lower_cpu_priority(nice: int) -> None:
     """Run this process at nice ``nice`` (``SWITCHYARD_NICE``) or lower, set before it starts any thread.
 
@@ -211,9 +214,6 @@ def lower_cpu_priority(nice: int) -> None:
             except OSError as exc:  # e.g. a read-only /proc: the threads' nice still applies
                 log.warning("could not set this session's CPU priority (%r); the process's own nice applies", exc)
     log.info("running at nice %d", nice)
-
-
-_AUTOGROUP = Path("/proc/self/autogroup")
 
 
 def session_group_nice() -> int | None:

@@ -38,11 +38,11 @@ from bench.load import run_wrk
 from bench.procs import MemorySampler, Procs, cpu_busy, memory, quiesce, raise_nofile
 from bench.report import refine_between, render_table, render_targets, targets
 from bench.stream import measure_ttft
-from bench.systems import (KEY, SY_SPLIT_TARGETS, Direct, LiteLLM, SwitchyardAll, SwitchyardSplit, System,
-                           version_of_litellm)
+from bench.systems import (KEY, SY_SPLIT_TARGETS, Direct, LiteLLM, Switchyard, SwitchyardAll, SwitchyardDuo,
+                           SwitchyardSplit, System, version_of_litellm)
 from bench.upstream import Upstream
 
-ALL_SYSTEMS = ("direct", "sy-all", "sy-split", "litellm-1", "litellm-2")
+ALL_SYSTEMS = ("direct", "sy-all", "sy-duo", "sy-split", "litellm-1", "litellm-2")
 QUICK_SYSTEMS = ("direct", "sy-all", "litellm-1")
 BUSY_WARN = 0.15  # background CPU share above which the table warns
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -130,7 +130,7 @@ def measure(system: System, wrk: str, p: Profile, res: dict) -> None:
         res["processes"] = system.process_count()
 
     def overhead() -> None:
-        if isinstance(system, (SwitchyardAll, SwitchyardSplit)):
+        if isinstance(system, Switchyard):
             res["overhead"] = overhead_samples(system, p.overhead_n)
 
     def sweep() -> None:
@@ -279,6 +279,8 @@ def make_systems(names: list[str], procs: Procs, upstream: Upstream, workdir: Pa
             systems.append(Direct(procs, upstream, workdir))
         elif n == "sy-all":
             systems.append(SwitchyardAll(procs, upstream, workdir))
+        elif n == "sy-duo":
+            systems.append(SwitchyardDuo(procs, upstream, workdir))
         elif n == "sy-split":
             systems.append(SwitchyardSplit(procs, upstream, workdir, targets=split_targets))
         elif n.startswith("litellm-"):

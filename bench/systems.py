@@ -6,6 +6,9 @@
               --embedded-nats``: nats-server is its child)
 ``sy-split``  Switchyard, one process per target (gateway, policy, router,
               worker, audit) against a nats-server the bench starts
+``sy-duo``    Switchyard, the request path (gateway, policy, router, worker)
+              in one process and audit in another, against a nats-server
+              the bench starts
 ``litellm-1`` LiteLLM proxy, 1 worker, no database, same master key
 ``litellm-2`` LiteLLM proxy, 2 workers
 ============  ==============================================================
@@ -34,7 +37,8 @@ from shared.natsd import NatsServer, free_port
 KEY = "sk-bench-0123456789abcdef"  # the one API key every system is called with
 ALL_MODES = (*MODES, STREAM)
 SY_SPLIT_TARGETS = ("gateway", "policy", "router", "worker", "audit")
-PIPELINE_NICE = 10  # sy-split's policy, router, worker and audit processes
+SY_DUO_TARGETS = ("gateway,policy,router,worker", "audit")
+PIPELINE_NICE = 10  # every process of sy-split and sy-duo but the one running the gateway
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -204,7 +208,11 @@ class SwitchyardAll(Switchyard):
 
 
 class SwitchyardSplit(Switchyard):
-    """One process per target against a nats-server the bench starts (the Kubernetes shape on one machine)."""
+    """One process per target against a nats-server the bench starts (the Kubernetes shape on one machine).
+
+    With other ``targets`` (each a ``--target`` value) the same start serves any grouping of targets into
+    processes; ``SwitchyardDuo`` is one.
+    """
 
     name = "sy-split"
 
@@ -225,7 +233,7 @@ class SwitchyardSplit(Switchyard):
             # One host, one process per target: the pipeline runs at a lower CPU priority than the gateway and
             # nats-server, so accepting work is not starved by draining it (SWITCHYARD_NICE, README).
             nice = {} if "gateway" in target.split(",") else {"SWITCHYARD_NICE": str(PIPELINE_NICE)}
-            self.children.append(self.procs.start(f"{self.name}-{target.replace(':', '-')}",
+            self.children.append(self.procs.start(f"{self.name}-{target.replace(':', '-').replace(',', '+')}",
                                                   self.command(target), env=env | nice, cwd=str(REPO)))
 
     def stop(self) -> None:
@@ -236,6 +244,19 @@ class SwitchyardSplit(Switchyard):
                 self.procs.extra.remove(self.nats)
             self.nats = None
         self.extra_pids = []
+
+
+class SwitchyardDuo(SwitchyardSplit):
+    """The request path in one process, audit in a second one (at the pipeline's nice), one nats-server.
+
+    Audit reads every event of every request; in the request path's process its batches and its SQLite
+    thread share that event loop and GIL (README, Performance: what audit costs at concurrency 1).
+    """
+
+    name = "sy-duo"
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, targets=SY_DUO_TARGETS, **kw)
 
 
 def litellm_config(upstream: Upstream) -> str:

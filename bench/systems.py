@@ -32,12 +32,14 @@ import httpx
 
 from bench.procs import Proc, Procs, tree
 from bench.upstream import MODES, STREAM, Upstream
+from services.bootstrap import REQUEST_PATH
 from shared.natsd import NatsServer, free_port
 
 KEY = "sk-bench-0123456789abcdef"  # the one API key every system is called with
 ALL_MODES = (*MODES, STREAM)
 SY_SPLIT_TARGETS = ("gateway", "policy", "router", "worker", "audit")
-SY_DUO_TARGETS = ("gateway,policy,router,worker", "audit")
+# The request path in one process (the shape that busy-polls, services.bootstrap) and audit beside it.
+SY_DUO_TARGETS = (",".join(REQUEST_PATH), "audit")
 PIPELINE_NICE = 10  # every process of sy-split and sy-duo but the one running the gateway
 REPO = Path(__file__).resolve().parent.parent
 

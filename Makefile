@@ -8,7 +8,7 @@ TARGET ?= all
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast bench clean
+.PHONY: help install run test test-fast bench bench-audit clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ test-fast: $(STAMP) ## the suite without the process-killing fault tests
 
 bench: $(STAMP) ## benchmark against the bare upstream and LiteLLM; prints a table, writes bench/results/
 	$(PY) -m bench
+
+bench-audit: $(STAMP) ## what audit costs the request path at concurrency 1 (paired runs, ~7 min)
+	$(PY) -m bench.attribution
 
 clean: ## remove the virtualenv and local state
 	rm -rf $(VENV) .data .pytest_cache

@@ -13,17 +13,14 @@ Ctrl-C, SIGTERM or error.
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime as dt
 import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -35,7 +32,7 @@ from bench import install
 from bench.burst import run_burst
 from bench.jobs import measure_jobs
 from bench.load import run_wrk
-from bench.procs import MemorySampler, Procs, cpu_busy, memory, quiesce, raise_nofile
+from bench.procs import MemorySampler, Procs, cpu_busy, memory, quiesce, start_run
 from bench.report import refine_between, render_table, render_targets, targets
 from bench.stream import measure_ttft
 from bench.systems import (KEY, SY_SPLIT_TARGETS, Direct, LiteLLM, Switchyard, SwitchyardAll, SwitchyardDuo,
@@ -333,33 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     p = profile_from(args)
     started = dt.datetime.now(dt.timezone.utc)
-    workdir = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
-    procs = Procs(workdir / "logs")
-    atexit.register(procs.stop_all)
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    # Ctrl-C must always stop the run, even when started from a shell that ignores SIGINT for background jobs.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    nofile = raise_nofile(65536)
+    workdir, procs, nofile = start_run("switchyard-bench-")
     results: dict = {"started": started.isoformat(), "profile": asdict(p), "systems": {}, "skipped": {}}
     interrupted = False
     try:
-        need_litellm = any(s.startswith("litellm") for s in p.systems)
-        if args.skip_install:
-            tools = install.Tools(nginx=shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                                                   else None),
-                                  wrk=shutil.which("wrk"))
-            script = install.LITELLM_VENV / "bin" / "litellm"
-            if script.exists():
-                tools.litellm, tools.litellm_python = str(script), str(install.LITELLM_VENV / "bin" / "python")
-            else:
-                tools.problems["litellm"] = "not installed (--skip-install)"
-        else:
-            tools = install.ensure_all(need_litellm=need_litellm)
+        tools = install.tools(args.skip_install, need_litellm=any(s.startswith("litellm") for s in p.systems))
         if tools.nginx is None or tools.wrk is None:
             log("cannot run without nginx (with the echo module) and wrk: " + "; ".join(
                 f"{k}: {v}" for k, v in tools.problems.items()))

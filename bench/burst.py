@@ -80,7 +80,6 @@ async def _burst(url: str, body: dict, key: str | None, n: int, timeout_s: float
     host, port = u.hostname or "127.0.0.1", u.port or 80
     req = _request_bytes(host, port, u.path, body, key)
     res = BurstResult(concurrency=n)
-    t0 = time.perf_counter()
     tasks = [asyncio.ensure_future(_one(host, port, req, res.error_samples)) for _ in range(n)]
     done, pending = await asyncio.wait(tasks, timeout=timeout_s)
     for t in pending:

@@ -174,6 +174,19 @@ def ensure_all(need_litellm: bool = True) -> Tools:
     return tools
 
 
+def tools(skip_install: bool, need_litellm: bool = True) -> Tools:
+    """What the run can use: installed where missing, or (``skip_install``) only what is already here."""
+    if not skip_install:
+        return ensure_all(need_litellm=need_litellm)
+    found = Tools(nginx=_nginx_binary(), wrk=shutil.which("wrk"))
+    script = LITELLM_VENV / "bin" / "litellm"
+    if script.exists():
+        found.litellm, found.litellm_python = str(script), str(LITELLM_VENV / "bin" / "python")
+    elif need_litellm:
+        found.problems["litellm"] = "not installed (--skip-install)"
+    return found
+
+
 if __name__ == "__main__":
     t = ensure_all()
     print(t)

@@ -116,7 +116,7 @@ def run_wrk(wrk: str, url: str, body: dict, key: str | None, connections: int, d
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(lua_script(parts.path, body, key, accept_status, collect_ids))
         script = f.name
-    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s", f"--timeout", f"{timeout_s:g}s",
+    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s", "--timeout", f"{timeout_s:g}s",
            "-s", script, f"{parts.scheme}://{parts.netloc}"]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + timeout_s + 60)

@@ -233,7 +233,8 @@ def _cpu_times() -> tuple[int, int]:
     return sum(vals), idle
 
 
-def _tree_ticks(pids: list[int]) -> int:
+def cpu_ticks(pids: list[int]) -> int:
+    """CPU time (user + system, every thread) the processes ``pids`` have used so far, in clock ticks."""
     total = 0
     for pid in pids:
         try:
@@ -254,9 +255,9 @@ def quiesce(roots: list[int], timeout_s: float = 60.0, idle_share: float = 0.05,
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
         pids = tree(roots)
-        before = _tree_ticks(pids)
+        before = cpu_ticks(pids)
         time.sleep(window_s)
-        if (_tree_ticks(pids) - before) / hz / window_s < idle_share:
+        if (cpu_ticks(pids) - before) / hz / window_s < idle_share:
             break
     return round(time.monotonic() - start, 2)
 
@@ -267,3 +268,25 @@ def cpu_busy(interval_s: float = 1.0) -> float:
     time.sleep(interval_s)
     t1, i1 = _cpu_times()
     return 0.0 if t1 == t0 else 1.0 - (i1 - i0) / (t1 - t0)
+
+
+def start_run(prefix: str) -> tuple[Path, Procs, int]:
+    """A bench run's temp dir and process registry, every child stopped on exit, Ctrl-C, SIGTERM or SIGHUP.
+
+    Returns (workdir, procs, open-files limit): the limit is raised for every child to inherit.
+    """
+    import atexit
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    procs = Procs(workdir / "logs")
+    atexit.register(procs.stop_all)
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    # Ctrl-C must always stop the run, even when started from a shell that ignores SIGINT for background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return workdir, procs, raise_nofile(65536)

@@ -261,6 +261,19 @@ class SwitchyardDuo(SwitchyardSplit):
         super().__init__(*args, targets=SY_DUO_TARGETS, **kw)
 
 
+class RequestPathOnly(SwitchyardSplit):
+    """The request path's process and nats-server with no audit running: a diagnostic, not a shape to deploy.
+
+    Nothing reads the stream behind it, so nothing is audited; ``bench.attribution`` measures it beside sy-duo
+    to show what the request path costs on its own (what it would cost with audit on cores of its own).
+    """
+
+    name = "sy-path"
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, targets=SY_DUO_TARGETS[:1], **kw)
+
+
 def litellm_config(upstream: Upstream) -> str:
     """model_list entries pointing at the nginx upstream as ``openai/`` models; master key, no database."""
     model_list = [{"model_name": model_for(mode),

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from bench.systems import PIPELINE_NICE, SY_DUO_TARGETS, SY_SPLIT_TARGETS, SwitchyardDuo, SwitchyardSplit
+from bench.systems import (PIPELINE_NICE, SY_DUO_TARGETS, SY_SPLIT_TARGETS, RequestPathOnly, SwitchyardDuo,
+                           SwitchyardSplit)
 from services.bootstrap import ALL, parse_targets
 
 
@@ -40,7 +41,7 @@ class _Nats:
         return self
 
 
-@pytest.mark.parametrize("cls, processes", [(SwitchyardSplit, 5), (SwitchyardDuo, 2)])
+@pytest.mark.parametrize("cls, processes", [(SwitchyardSplit, 5), (SwitchyardDuo, 2), (RequestPathOnly, 1)])
 def test_every_process_but_the_gateways_runs_at_the_pipeline_nice(cls, processes, tmp_path, monkeypatch):
     import bench.systems
 
@@ -61,3 +62,9 @@ def test_every_process_but_the_gateways_runs_at_the_pipeline_nice(cls, processes
             assert "SWITCHYARD_NICE" not in env
         else:
             assert env["SWITCHYARD_NICE"] == str(PIPELINE_NICE), name
+
+
+def test_the_request_path_alone_runs_everything_but_audit(tmp_path):
+    system = RequestPathOnly(_Procs(), None, tmp_path)
+    runs = [t for spec in system.targets for t in parse_targets(spec)]
+    assert sorted(runs) == sorted(set(ALL) - {"audit"})

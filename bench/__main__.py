@@ -36,10 +36,10 @@ from bench.procs import MemorySampler, Procs, cpu_busy, memory, quiesce, start_r
 from bench.report import refine_between, render_table, render_targets, targets
 from bench.stream import measure_ttft
 from bench.systems import (KEY, SY_SPLIT_TARGETS, Direct, LiteLLM, Switchyard, SwitchyardAll, SwitchyardDuo,
-                           SwitchyardSplit, System, version_of_litellm)
+                           SwitchyardSplit, SwitchyardTrio, System, version_of_litellm)
 from bench.upstream import Upstream
 
-ALL_SYSTEMS = ("direct", "sy-all", "sy-duo", "sy-split", "litellm-1", "litellm-2")
+ALL_SYSTEMS = ("direct", "sy-all", "sy-duo", "sy-trio", "sy-split", "litellm-1", "litellm-2")
 QUICK_SYSTEMS = ("direct", "sy-all", "litellm-1")
 BUSY_WARN = 0.15  # background CPU share above which the table warns
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -278,6 +278,8 @@ def make_systems(names: list[str], procs: Procs, upstream: Upstream, workdir: Pa
             systems.append(SwitchyardAll(procs, upstream, workdir))
         elif n == "sy-duo":
             systems.append(SwitchyardDuo(procs, upstream, workdir))
+        elif n == "sy-trio":
+            systems.append(SwitchyardTrio(procs, upstream, workdir))
         elif n == "sy-split":
             systems.append(SwitchyardSplit(procs, upstream, workdir, targets=split_targets))
         elif n.startswith("litellm-"):

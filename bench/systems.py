@@ -9,6 +9,9 @@
 ``sy-duo``    Switchyard, the request path (gateway, policy, router, worker)
               in one process and audit in another, against a nats-server
               the bench starts
+``sy-trio``   Switchyard, the gateway alone, then policy, router and worker
+              in one process, then audit, against a nats-server the bench
+              starts
 ``litellm-1`` LiteLLM proxy, 1 worker, no database, same master key
 ``litellm-2`` LiteLLM proxy, 2 workers
 ============  ==============================================================
@@ -40,7 +43,9 @@ ALL_MODES = (*MODES, STREAM)
 SY_SPLIT_TARGETS = ("gateway", "policy", "router", "worker", "audit")
 # The request path in one process (the shape that busy-polls, services.bootstrap) and audit beside it.
 SY_DUO_TARGETS = (",".join(REQUEST_PATH), "audit")
-PIPELINE_NICE = 10  # every process of sy-split and sy-duo but the one running the gateway
+# The gateway in a process of its own (job intake is not slowed by the drain), the rest of the request path in one.
+SY_TRIO_TARGETS = ("gateway", ",".join(t for t in REQUEST_PATH if t != "gateway"), "audit")
+PIPELINE_NICE = 10  # every process of sy-split, sy-duo and sy-trio but the one running the gateway
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -259,6 +264,19 @@ class SwitchyardDuo(SwitchyardSplit):
 
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, targets=SY_DUO_TARGETS, **kw)
+
+
+class SwitchyardTrio(SwitchyardSplit):
+    """The gateway alone, policy, router and worker in a second process, audit in a third, one nats-server.
+
+    Between sy-duo and sy-split: the gateway's process accepts jobs while the pipeline drains them at the
+    pipeline's nice (as in sy-split), and a synchronous request crosses between processes only twice.
+    """
+
+    name = "sy-trio"
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, targets=SY_TRIO_TARGETS, **kw)
 
 
 class RequestPathOnly(SwitchyardSplit):

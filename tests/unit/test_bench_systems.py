@@ -6,12 +6,12 @@ from collections import Counter
 
 import pytest
 
-from bench.systems import (PIPELINE_NICE, SY_DUO_TARGETS, SY_SPLIT_TARGETS, RequestPathOnly, SwitchyardDuo,
-                           SwitchyardSplit)
+from bench.systems import (PIPELINE_NICE, SY_DUO_TARGETS, SY_SPLIT_TARGETS, SY_TRIO_TARGETS, RequestPathOnly,
+                           SwitchyardDuo, SwitchyardSplit, SwitchyardTrio)
 from services.bootstrap import ALL, parse_targets
 
 
-@pytest.mark.parametrize("targets", [SY_SPLIT_TARGETS, SY_DUO_TARGETS], ids=["split", "duo"])
+@pytest.mark.parametrize("targets", [SY_SPLIT_TARGETS, SY_DUO_TARGETS, SY_TRIO_TARGETS], ids=["split", "duo", "trio"])
 def test_a_shape_runs_every_target_once(targets):
     runs = Counter(t for spec in targets for t in parse_targets(spec))
     assert set(runs) == set(ALL)
@@ -41,7 +41,8 @@ class _Nats:
         return self
 
 
-@pytest.mark.parametrize("cls, processes", [(SwitchyardSplit, 5), (SwitchyardDuo, 2), (RequestPathOnly, 1)])
+@pytest.mark.parametrize("cls, processes", [(SwitchyardSplit, 5), (SwitchyardDuo, 2), (SwitchyardTrio, 3),
+                                               (RequestPathOnly, 1)])
 def test_every_process_but_the_gateways_runs_at_the_pipeline_nice(cls, processes, tmp_path, monkeypatch):
     import bench.systems
 

@@ -7,3 +7,7 @@ a small streaming client, prints one table with ratios to LiteLLM (1 worker)
 and writes the raw results to ``bench/results/<timestamp>.json``.
 See ``bench/README.md``.
 """
+
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"  # every run's JSON (gitignored)

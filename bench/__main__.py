@@ -15,11 +15,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -28,21 +25,21 @@ from pathlib import Path
 
 import httpx
 
-from bench import install
+from bench import RESULTS_DIR, install
 from bench.burst import run_burst
+from bench.install import log, machine_info
 from bench.jobs import measure_jobs
 from bench.load import run_wrk
 from bench.procs import MemorySampler, Procs, cpu_busy, memory, quiesce, start_run
 from bench.report import refine_between, render_table, render_targets, targets
 from bench.stream import measure_ttft
 from bench.systems import (KEY, SY_SPLIT_TARGETS, Direct, LiteLLM, Switchyard, SwitchyardAll, SwitchyardDuo,
-                           SwitchyardSplit, SwitchyardTrio, System, version_of_litellm)
+                           SwitchyardSplit, SwitchyardTrio, System)
 from bench.upstream import Upstream
 
 ALL_SYSTEMS = ("direct", "sy-all", "sy-duo", "sy-trio", "sy-split", "litellm-1", "litellm-2")
 QUICK_SYSTEMS = ("direct", "sy-all", "litellm-1")
 BUSY_WARN = 0.15  # background CPU share above which the table warns
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
@@ -72,10 +69,6 @@ FULL = Profile("full")
 QUICK = Profile("quick", run_s=3.0, c1_s=3.0, warmup_s=2.0, sweep=(1, 64), search_steps=1, d50=False, overhead_n=50,
                 ttft_n=20, jobs_s=3.0, drain_timeout_s=45.0, burst=1000, burst_timeout_s=30.0, settle_s=0.5,
                 systems=QUICK_SYSTEMS)
-
-
-def log(msg: str) -> None:
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
 # ---- one system -------------------------------------------------------------------------------
@@ -222,51 +215,6 @@ def bench_system(system: System, wrk: str, p: Profile, res: dict) -> dict:
 
 # ---- the run ----------------------------------------------------------------------------------
 
-def _cmd_version(cmd: list[str]) -> str | None:
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    out = (p.stdout + p.stderr).strip().splitlines()
-    return out[0].strip() if out else None
-
-
-def machine_info(tools: install.Tools) -> dict:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = None
-    try:
-        kb = int(next(ln for ln in Path("/proc/meminfo").read_text().splitlines()
-                      if ln.startswith("MemTotal")).split()[1])
-        mem_gb = round(kb / 1024 / 1024, 1)
-    except (OSError, StopIteration, ValueError):
-        pass
-    from shared.natsd import nats_server_binary
-
-    try:
-        nats = _cmd_version([nats_server_binary(), "--version"])
-    except FileNotFoundError:
-        nats = None
-    repo = Path(__file__).resolve().parent.parent
-    commit = _cmd_version(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
-    dirty = _cmd_version(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"])
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "kernel": platform.release(),
-        "os": _cmd_version(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
-        "python": platform.python_version(), "nats_server": nats,
-        "litellm": version_of_litellm(tools.litellm_python),
-        "nginx": _cmd_version([tools.nginx, "-v"]) if tools.nginx else None,
-        "wrk": _cmd_version([tools.wrk, "-v"]) if tools.wrk else None,
-        "switchyard_commit": (commit or "?") + ("+dirty" if dirty else ""),
-    }
-
-
 def make_systems(names: list[str], procs: Procs, upstream: Upstream, workdir: Path, tools: install.Tools,
                  split_targets: tuple[str, ...]) -> tuple[list[System], dict[str, str]]:
     systems: list[System] = []
@@ -337,9 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     try:
         tools = install.tools(args.skip_install, need_litellm=any(s.startswith("litellm") for s in p.systems))
-        if tools.nginx is None or tools.wrk is None:
-            log("cannot run without nginx (with the echo module) and wrk: " + "; ".join(
-                f"{k}: {v}" for k, v in tools.problems.items()))
+        if why := install.unusable(tools):
+            log(why)
             return 2
         results["machine"] = machine_info(tools)
         results["machine"]["open_files_limit"] = nofile

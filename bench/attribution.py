@@ -36,8 +36,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import install
-from bench.__main__ import RESULTS_DIR, log, machine_info
+from bench import RESULTS_DIR, install
+from bench.install import log, machine_info
 from bench.load import run_wrk
 from bench.procs import Proc, cpu_ticks, quiesce, start_run, tree
 from bench.stream import measure_ttft
@@ -206,9 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.timezone.utc)
     workdir, procs, _ = start_run("switchyard-attribution-")
     tools = install.tools(args.skip_install, need_litellm=False)
-    if tools.nginx is None or tools.wrk is None:
-        log("cannot run without nginx (with the echo module) and wrk: "
-            + "; ".join(f"{k}: {v}" for k, v in tools.problems.items()))
+    if why := install.unusable(tools):
+        log(why)
         return 2
     results: dict = {"started": started.isoformat(), "machine": machine_info(tools), "rounds": args.rounds,
                      "duration_s": args.duration, "ttft_n": args.ttft, "runs": []}

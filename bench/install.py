@@ -9,6 +9,7 @@ still measure.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -185,6 +186,71 @@ def tools(skip_install: bool, need_litellm: bool = True) -> Tools:
     elif need_litellm:
         found.problems["litellm"] = "not installed (--skip-install)"
     return found
+
+
+def version_of_litellm(python: str | None) -> str | None:
+    if not python:
+        return None
+    try:
+        out = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def _cmd_version(cmd: list[str]) -> str | None:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = (p.stdout + p.stderr).strip().splitlines()
+    return out[0].strip() if out else None
+
+
+def machine_info(tools: Tools) -> dict:
+    """The machine, the versions of everything measured, and the commit: kept with every result."""
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        kb = int(next(ln for ln in Path("/proc/meminfo").read_text().splitlines()
+                      if ln.startswith("MemTotal")).split()[1])
+        mem_gb = round(kb / 1024 / 1024, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    from shared.natsd import nats_server_binary
+
+    try:
+        nats = _cmd_version([nats_server_binary(), "--version"])
+    except FileNotFoundError:
+        nats = None
+    repo = BENCH_DIR.parent
+    commit = _cmd_version(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
+    dirty = _cmd_version(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "kernel": platform.release(),
+        "os": _cmd_version(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "python": platform.python_version(), "nats_server": nats,
+        "litellm": version_of_litellm(tools.litellm_python),
+        "nginx": _cmd_version([tools.nginx, "-v"]) if tools.nginx else None,
+        "wrk": _cmd_version([tools.wrk, "-v"]) if tools.wrk else None,
+        "switchyard_commit": (commit or "?") + ("+dirty" if dirty else ""),
+    }
+
+
+def unusable(tools: Tools) -> str | None:
+    """Why nothing can be measured with these tools (no nginx with the echo module, or no wrk), or None."""
+    if tools.nginx is not None and tools.wrk is not None:
+        return None
+    return "cannot run without nginx (with the echo module) and wrk: " + "; ".join(
+        f"{k}: {v}" for k, v in tools.problems.items())
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ shared between forked workers twice) over each root and all its descendants.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -275,9 +277,6 @@ def start_run(prefix: str) -> tuple[Path, Procs, int]:
 
     Returns (workdir, procs, open-files limit): the limit is raised for every child to inherit.
     """
-    import atexit
-    import tempfile
-
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     procs = Procs(workdir / "logs")
     atexit.register(procs.stop_all)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -327,15 +326,3 @@ class LiteLLM(System):
         cmd = [self.litellm, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(self.port),
                "--num_workers", str(self.workers)]
         self.children.append(self.procs.start(self.name, cmd, env=env, cwd=str(self.workdir)))
-
-
-def version_of_litellm(python: str | None) -> str | None:
-    if not python:
-        return None
-    try:
-        out = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-                             capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
-

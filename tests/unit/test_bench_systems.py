@@ -69,3 +69,11 @@ def test_the_request_path_alone_runs_everything_but_audit(tmp_path):
     system = RequestPathOnly(_Procs(), None, tmp_path)
     runs = [t for spec in system.targets for t in parse_targets(spec)]
     assert sorted(runs) == sorted(set(ALL) - {"audit"})
+
+
+def test_a_run_without_nginx_or_wrk_says_why_and_one_with_both_goes_on():
+    from bench.install import Tools, unusable
+
+    assert unusable(Tools(nginx="/usr/sbin/nginx", wrk="/usr/bin/wrk")) is None
+    why = unusable(Tools(nginx=None, wrk="/usr/bin/wrk", problems={"nginx-extras": "apt-get failed"}))
+    assert why is not None and "nginx" in why and "apt-get failed" in why

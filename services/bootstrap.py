@@ -14,12 +14,12 @@ import importlib
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
 
 import msgspec
 
+from services.ops import serve_ops
+from services.runtime import Deps
 from services.settings import Settings
 from shared.auth import KeyEntry, KeyLimits, KeyStore, generate_key
 from shared.bus import Bus
@@ -40,26 +40,6 @@ ALL = ("audit", "policy", "router", "worker", "gateway")
 KEY_USERS = ("gateway", "policy")  # the targets that authenticate keys
 REQUEST_PATH = ("gateway", "policy", "router", "worker")  # a process running all of these busy-polls (bus.py)
 BUSY_POLL_S = 0.0005
-
-
-@dataclass
-class Deps:
-    """Everything a service needs, built once per process."""
-
-    settings: Settings
-    telemetry: Telemetry
-    bus: Bus
-    catalog: Catalog
-    keyring: KeyStore
-    targets: list[str]
-    ready: dict[str, bool] = field(default_factory=dict)
-    # Stages this process runs that another of its targets may call directly (stage fusion): "router" → the
-    # router's handlers, so a co-located policy routes an admitted request without one more bus hop.
-    local: dict[str, Any] = field(default_factory=dict)
-    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-
-    def is_ready(self) -> bool:
-        return self.bus.connected and all(self.ready.get(t, False) for t in self.targets)
 
 
 def parse_targets(spec: str) -> list[str]:
@@ -143,8 +123,6 @@ async def run_targets(deps: Deps, stop: asyncio.Event) -> None:
         module = importlib.import_module(MODULES[name])
         tasks.append(asyncio.ensure_future(module.run(deps, arg or None), ))
     if not any(t.startswith("gateway") for t in deps.targets) and deps.settings.metrics_port is not None:
-        from services.gateway.app import serve_ops  # /metrics and /readyz for a process without the API
-
         tasks.append(asyncio.ensure_future(serve_ops(deps, deps.settings.metrics_port)))
     waiter = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -10,7 +10,8 @@ from typing import AsyncIterator
 import httpx
 import pytest
 
-from services.bootstrap import Deps, build, parse_targets, run_targets
+from services.bootstrap import build, parse_targets, run_targets
+from services.runtime import Deps
 from services.gateway.settings import GatewaySettings
 from services.settings import ApiKeyConfig, Settings
 from shared.natsd import NatsServer, free_port

@@ -18,7 +18,7 @@ import msgspec
 from services.audit.handlers import build_rows, job_updates, trace_id_from_headers
 from services.audit.settings import AuditSettings
 from services.audit.store import AuditStore
-from services.bootstrap import Deps
+from services.runtime import Deps
 from shared.bus import Delivery, Subscription
 from shared.events import AnyEvent, Event
 from shared.settings import ConsumerSettings

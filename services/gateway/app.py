@@ -11,21 +11,19 @@ request/reply.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from typing import Any, AsyncIterator, Callable
 
 import msgspec
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.bootstrap import Deps
+from services.ops import install_ops_routes, json_response as _json, serve
+from services.runtime import Deps
 from services.gateway import handlers as h
 from services.gateway.admin import admin_routes
 from services.gateway.providers import provider_routes
@@ -139,10 +137,6 @@ def exception_response(exc: Exception) -> Response:
     if not isinstance(exc, SwitchyardError):
         log.error("unhandled error: %r", exc, exc_info=exc)
     return error_response(error_info(exc))
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(msgspec.json.encode(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def bearer(request: Request) -> str | None:
@@ -482,25 +476,6 @@ def _timestamp(value: str, name: str) -> float:
     return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def install_ops_routes(app: FastAPI, deps: Deps) -> None:
-    """/healthz, /readyz and /metrics: served by every process."""
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> Response:
-        return _json({"status": "ok"})
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> Response:
-        ready = deps.is_ready()
-        body = {"ready": ready, "bus": deps.bus.connected, "targets": {t: deps.ready.get(t, False)
-                                                                      for t in deps.targets}}
-        return _json(body, status=200 if ready else 503)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(deps.telemetry.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves in OpenAI's shape."""
 
@@ -613,35 +588,6 @@ def _add_schemas(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the bootstrap owns shutdown."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[override]
-        yield
-
-
-async def serve(app, host: str, port: int, deps: Deps) -> None:
-    # No proxy-headers middleware: nothing here reads the client address, and it ran on every request.
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-                            loop="none", http="httptools", timeout_keep_alive=30, backlog=4096,
-                            proxy_headers=False)
-    server = _Server(config)
-
-    async def stop() -> None:
-        server.should_exit = True
-
-    deps.on_stop.append(stop)
-    await server.serve()
-
-
-async def serve_ops(deps: Deps, port: int) -> None:
-    """Only /healthz, /readyz and /metrics (processes that run no gateway)."""
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    install_ops_routes(app, deps)
-    await serve(app, "0.0.0.0", port, deps)
 
 
 async def run(deps: Deps, arg: str | None = None) -> None:

@@ -19,7 +19,7 @@ import asyncio
 import importlib
 import logging
 
-from services.bootstrap import Deps
+from services.runtime import Deps
 from services.policy.admissions import AdmissionStore
 from services.policy.budgets import BudgetStore
 from services.policy.handlers import PolicyDeps, admit_or_fail_closed, charge, settle
@@ -73,7 +73,7 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     async def on_requested(event: CompletionRequested, delivery: Delivery) -> list[Event]:
         out = await admit_or_fail_closed(event, pdeps, delivery.num_delivered)
         metrics.observe(out)
-        router = deps.local.get("router")  # a router in this process: route now (services/router/service.py)
+        router = deps.local.router  # a router in this process: route now (stage fusion)
         return await router.fuse(out, deps.bus.publish_all) if router is not None else out
 
     async def on_outcome(event: AnyEvent, delivery: Delivery) -> list[Event]:

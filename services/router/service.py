@@ -25,7 +25,7 @@ from typing import Awaitable, Callable, Sequence
 
 import msgspec
 
-from services.bootstrap import Deps
+from services.runtime import Deps
 from services.router.handlers import RouterDeps, on_attempt_failed, route
 from services.router.health import HealthStore
 from shared.bus import Delivery, Subscription
@@ -102,6 +102,6 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     sub = Subscription(DURABLE, SUBJECTS, s.consumer)
     await deps.bus.ensure_consumer(sub)
     if s.fuse_with_policy:
-        deps.local["router"] = router
+        deps.local.router = router
     deps.ready["router"] = True
     await deps.bus.consume("router", sub, with_deadline(router.handle), on_poison=poison)

@@ -13,7 +13,7 @@ import logging
 from typing import AsyncIterator
 
 
-from services.bootstrap import Deps
+from services.runtime import Deps
 from services.workers.adapters import adapter_class
 from services.workers.adapters.transport import AiohttpTransport
 from services.router.health import HealthStore

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from services.bootstrap import Deps, build, parse_targets, run_targets
+from services.bootstrap import build, parse_targets, run_targets
+from services.runtime import Deps
 from services.settings import Settings
 from shared.natsd import NatsServer
 from tests.conftest import ADMIN_KEY, MEMBER_KEY, OTHER_TENANT_KEY, RunningSystem, make_settings, start_system

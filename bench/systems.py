@@ -34,13 +34,13 @@ import httpx
 
 from bench.procs import Proc, Procs, tree
 from bench.upstream import MODES, STREAM, Upstream
-from services.bootstrap import REQUEST_PATH
+from services.targets import REQUEST_PATH
 from shared.natsd import NatsServer, free_port
 
 KEY = "sk-bench-0123456789abcdef"  # the one API key every system is called with
 ALL_MODES = (*MODES, STREAM)
 SY_SPLIT_TARGETS = ("gateway", "policy", "router", "worker", "audit")
-# The request path in one process (the shape that busy-polls, services.bootstrap) and audit beside it.
+# The request path in one process (the shape that busy-polls, services/targets.py) and audit beside it.
 SY_DUO_TARGETS = (",".join(REQUEST_PATH), "audit")
 # The gateway in a process of its own (job intake is not slowed by the drain), the rest of the request path in one.
 SY_TRIO_TARGETS = ("gateway", ",".join(t for t in REQUEST_PATH if t != "gateway"), "audit")

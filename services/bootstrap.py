@@ -1,9 +1,9 @@
-"""Builds a process: settings → telemetry → bus → catalog → the targets it was asked to run.
+"""The composition root: settings → telemetry → bus → catalog → keys → the targets a process was asked to run.
 
-The module table says which service each target runs (loki's ``-target``):
-``all`` runs everything in one process; ``gateway``, ``policy``, ``router``,
-``audit``, ``worker`` (every configured provider) or ``worker:<provider>``
-run one piece each; a comma list runs several.
+Which targets exist, which module runs each and what a process does around
+them (key seeding, busy polling, the ops server, stage fusion) is declared in
+``services/targets.py``; this module only builds what that table asks for.
+Nothing imports it but ``python -m services`` and the tests.
 """
 
 from __future__ import annotations
@@ -21,43 +21,15 @@ import msgspec
 from services.ops import serve_ops
 from services.runtime import Deps
 from services.settings import Settings
+from services.targets import BY_NAME, Shape, name_of, parse_targets
 from shared.auth import KeyEntry, KeyLimits, KeyStore, generate_key
 from shared.bus import Bus
-from shared.catalog import Catalog, load_catalog
+from shared.catalog import load_catalog
 from shared.telemetry import Telemetry
 
 log = logging.getLogger("switchyard")
 
-# target → module exposing ``async def run(deps, arg)``; dependencies are the bus and the catalog for all.
-MODULES: dict[str, str] = {
-    "gateway": "services.gateway.app",
-    "policy": "services.policy.service",
-    "router": "services.router.service",
-    "worker": "services.workers.service",
-    "audit": "services.audit.service",
-}
-ALL = ("audit", "policy", "router", "worker", "gateway")
-KEY_USERS = ("gateway", "policy")  # the targets that authenticate keys
-REQUEST_PATH = ("gateway", "policy", "router", "worker")  # a process running all of these busy-polls (bus.py)
-BUSY_POLL_S = 0.0005
-
-
-def parse_targets(spec: str) -> list[str]:
-    """``all`` / ``gateway,router`` / ``worker:openai`` → validated list of targets."""
-    out: list[str] = []
-    for raw in (s.strip() for s in spec.split(",")):
-        if not raw:
-            continue
-        if raw == "all":
-            out.extend(ALL)
-            continue
-        name = raw.split(":", 1)[0]
-        if name not in MODULES:
-            raise SystemExit(f"unknown target {raw!r}; known: all, {', '.join(MODULES)} (worker:<provider>)")
-        out.append(raw)
-    if not out:
-        raise SystemExit("no target given")
-    return list(dict.fromkeys(out))
+BUSY_POLL_S = 0.0005  # the busy-poll window of a process that runs the whole request path
 
 
 def build_keyring(settings: Settings) -> tuple[KeyStore, str | None]:
@@ -99,30 +71,31 @@ def _local_admin_key(data_dir: Path) -> tuple[str, str | None]:
 
 async def build(settings: Settings, targets: list[str]) -> Deps:
     telemetry = Telemetry(settings.telemetry, service_name="switchyard-" + "-".join(t.replace(":", "-") for t in targets)[:60])
-    names = {t.split(":", 1)[0] for t in targets}
+    shape = Shape.of(targets)
     bus = Bus(settings.nats, telemetry, name="switchyard:" + ",".join(targets),
-              busy_poll_s=BUSY_POLL_S if names.issuperset(REQUEST_PATH) else 0.0)
+              busy_poll_s=BUSY_POLL_S if shape.busy_polls else 0.0)
     await bus.connect()
     await bus.ensure_stream()
     catalog = load_catalog(settings.catalog_path)
     keyring, generated = build_keyring(settings)
-    if any(t.split(":", 1)[0] in KEY_USERS for t in targets):
+    if shape.needs("keys"):
         await keyring.start(bus)  # seeds the configured keys into KV and keeps a watched index of all keys
-    if generated and any(t.startswith("gateway") for t in targets):
+    if generated and shape.runs("gateway"):
         # Printed once so a developer can call the API; set SWITCHYARD_ADMIN_KEY to choose it.
         print(f"switchyard: generated admin key (kept in {settings.data_dir}/admin.key; set SWITCHYARD_ADMIN_KEY "
               f"to choose one): {generated}", flush=True)
-    return Deps(settings=settings, telemetry=telemetry, bus=bus, catalog=catalog, keyring=keyring, targets=targets)
+    return Deps(settings=settings, telemetry=telemetry, bus=bus, catalog=catalog, keyring=keyring, targets=targets,
+                shape=shape)
 
 
 async def run_targets(deps: Deps, stop: asyncio.Event) -> None:
     """Start every target, then wait for ``stop``; shut down in reverse order."""
     tasks = []
     for target in deps.targets:
-        name, _, arg = target.partition(":")
-        module = importlib.import_module(MODULES[name])
-        tasks.append(asyncio.ensure_future(module.run(deps, arg or None), ))
-    if not any(t.startswith("gateway") for t in deps.targets) and deps.settings.metrics_port is not None:
+        _, _, arg = target.partition(":")
+        module = importlib.import_module(BY_NAME[name_of(target)].module)
+        tasks.append(asyncio.ensure_future(module.run(deps, arg or None)))
+    if not deps.shape.serves_ops and deps.settings.metrics_port is not None:
         tasks.append(asyncio.ensure_future(serve_ops(deps, deps.settings.metrics_port)))
     waiter = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -16,6 +16,7 @@ from shared.bus import Bus
 from shared.catalog import Catalog
 from shared.events import Event
 from shared.telemetry import Telemetry
+from services.targets import Shape
 
 if TYPE_CHECKING:
     from services.settings import Settings
@@ -46,6 +47,7 @@ class Deps:
     catalog: Catalog
     keyring: KeyStore
     targets: list[str]
+    shape: Shape
     ready: dict[str, bool] = field(default_factory=dict)
     local: LocalStages = field(default_factory=LocalStages)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)

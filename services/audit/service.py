@@ -90,18 +90,13 @@ async def run(deps: Deps, arg: str | None = None) -> None:
         await store.close()
 
     deps.on_stop.append(stop)
-    sub = Subscription(DURABLE, ("sy.evt.>",), consumer_for(s, deps.targets), replayable=True)
+    sub = Subscription(DURABLE, ("sy.evt.>",), consumer_for(s, deps.shape.shares_process("audit")), replayable=True)
     await deps.bus.ensure_consumer(sub)
     deps.ready["audit"] = True
     await deps.bus.consume_batches("audit", sub, handle)
 
 
-def shares_process(targets: list[str]) -> bool:
-    """Whether audit runs in one process (one event loop, one GIL) with any other target."""
-    return any(t.split(":", 1)[0] != "audit" for t in targets)
-
-
-def consumer_for(s: AuditSettings, targets: list[str]) -> ConsumerSettings:
+def consumer_for(s: AuditSettings, shares_process: bool) -> ConsumerSettings:
     """The audit consumer's settings for this process.
 
     Sharing the event loop with any other target, a batch's synchronous work (folding its rows, building the
@@ -109,7 +104,7 @@ def consumer_for(s: AuditSettings, targets: list[str]) -> ConsumerSettings:
     (``--target all``: p99 at concurrency 16 fell by about a fifth with 128 instead of 512 events). Alone, audit
     keeps its larger batches, which cost less CPU per event.
     """
-    if shares_process(targets) and s.consumer.batch > s.shared_loop_batch:
+    if shares_process and s.consumer.batch > s.shared_loop_batch:
         return s.consumer.model_copy(update={"batch": s.shared_loop_batch})
     return s.consumer
 

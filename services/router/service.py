@@ -6,7 +6,8 @@ counts, published for the other replicas. Handlers read it synchronously, so
 one decision sees one consistent picture.
 
 Stage fusion: a process that runs the router next to policy (``--target
-all``, or ``policy,router``) registers its ``Router`` in ``deps.local``, and
+all``, or ``policy,router``: the target table says policy fuses the router)
+registers its ``Router`` in ``deps.local``, and
 policy routes each admitted request right there (``Router.fuse``) instead of
 sending it through the stream to this consumer: one durable hop less on every
 request. The first attempt (or the request's end) is published and
@@ -101,7 +102,7 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     router = Router(rdeps, metrics, s.consumer)
     sub = Subscription(DURABLE, SUBJECTS, s.consumer)
     await deps.bus.ensure_consumer(sub)
-    if s.fuse_with_policy:
+    if s.fuse_with_policy and deps.shape.fused("router"):
         deps.local.router = router
     deps.ready["router"] = True
     await deps.bus.consume("router", sub, with_deadline(router.handle), on_poison=poison)

@@ -245,7 +245,8 @@ async def test_busy_poll_keeps_the_loop_turning_for_its_window_only():
 
 
 def test_busy_poll_is_on_by_default_only_where_one_process_runs_the_request_path():
-    from services.bootstrap import BUSY_POLL_S, REQUEST_PATH
+    from services.bootstrap import BUSY_POLL_S
+    from services.targets import REQUEST_PATH
 
     tel = Telemetry(TelemetrySettings())
     assert Bus(NatsSettings(), tel, busy_poll_s=BUSY_POLL_S).poll.window_s == BUSY_POLL_S

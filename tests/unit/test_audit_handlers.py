@@ -341,14 +341,19 @@ def test_job_updates_are_order_insensitive() -> None:
 
 
 def test_audit_batches_stay_small_in_a_process_that_serves_requests():
-    from services.audit.service import consumer_for, shares_process
+    from services.audit.service import consumer_for
     from services.audit.settings import AuditSettings
+    from services.targets import Shape
+
+    def shares_process(targets: list[str]) -> bool:
+        return Shape.of(targets).shares_process("audit")
 
     s = AuditSettings()
-    assert consumer_for(s, ["audit"]).batch == s.consumer.batch == 512
-    assert consumer_for(s, ["audit", "policy", "router", "worker", "gateway"]).batch == s.shared_loop_batch == 128
+    assert consumer_for(s, shares_process(["audit"])).batch == s.consumer.batch == 512
+    assert consumer_for(s, shares_process(["audit", "policy", "router", "worker", "gateway"])).batch \
+        == s.shared_loop_batch == 128
     assert not shares_process(["audit"]) and not shares_process(["audit:1"])
     assert shares_process(["audit", "gateway"])
-    assert consumer_for(s, ["audit", "worker:openai"]).batch == 128
+    assert consumer_for(s, shares_process(["audit", "worker:openai"])).batch == 128
     small = AuditSettings(consumer={"batch": 64})
-    assert consumer_for(small, ["audit", "gateway"]).batch == 64  # never raised above what is configured
+    assert consumer_for(small, shares_process(["audit", "gateway"])).batch == 64  # never raised above what is configured

@@ -8,7 +8,7 @@ import pytest
 
 from bench.systems import (PIPELINE_NICE, SY_DUO_TARGETS, SY_SPLIT_TARGETS, SY_TRIO_TARGETS, RequestPathOnly,
                            SwitchyardDuo, SwitchyardSplit, SwitchyardTrio)
-from services.bootstrap import ALL, parse_targets
+from services.targets import ALL, parse_targets
 
 
 @pytest.mark.parametrize("targets", [SY_SPLIT_TARGETS, SY_DUO_TARGETS, SY_TRIO_TARGETS], ids=["split", "duo", "trio"])

@@ -6,9 +6,9 @@ old for us). The port is chosen free unless one is asked for.
 
 The server shares its machine with the Python services, so it runs with
 ``GOMAXPROCS`` at half the cores (at least one) unless the environment sets it:
-on two cores Go's idle spinning on both cost a fifth of the server's CPU per
-request and left less for Python (``make bench``: 583 → 737 requests/s at
-concurrency 64, all targets in one process).
+on two cores Go's idle spinning on both took CPU per request from the server
+and left less for Python, and throughput rose without it
+(docs/performance/README.md).
 """
 
 from __future__ import annotations

@@ -463,21 +463,19 @@ def _totals_params(sums: Any) -> list[dict[str, Any]]:
 class _SqliteWriter:
     """Batches for a SQLite file written through :mod:`sqlite3` directly, each in one trip to one thread.
 
-    Through the async engine a batch cost about three times the CPU of its SQL: aiosqlite hands every
+    Through the async engine a batch cost several times the CPU of its SQL: aiosqlite hands every
     statement (and BEGIN and COMMIT) to its thread and back, and SQLAlchemy builds every row's parameters
     anew on each execution. Here the statements are the store's own (``_WriteStatements``), compiled once
     for SQLite per set of columns, and a batch is one call on a thread of its own: BEGIN IMMEDIATE, one
-    ``executemany`` per statement, COMMIT. Offline (16 requests per batch) 148 → 52 µs of CPU per event; in
-    the running system, where SQLite's own work is most of what is left, the audit process's CPU per request
-    fell by 17 % and sy-split served 12 % more requests/s at concurrency 64 (eight runs each, alternating
-    ABBA with an identical system on the old code). Reads, and PostgreSQL, stay on the engine; WAL lets
-    them read while this connection writes.
+    ``executemany`` per statement, COMMIT. That cut audit's CPU per event offline and per request in the
+    running system, and raised the split shape's throughput. Reads, and PostgreSQL, stay on the engine; WAL
+    lets them read while this connection writes.
 
     Sharing a process with the request path (``--target all``), this thread binds a whole batch's rows
     holding the GIL the event loop waits for, where aiosqlite's trips hand it back between statements; under
-    load that came out even (concurrency 64: 688 vs 694 req/s; 16: 595 vs 583), while at concurrency 1, where
-    a batch lands in the middle of some request, the shorter batch won: p50 3.67 → 3.36 ms, p99 11.6 → 10.1
-    ms, time to first token 5.49 → 5.07 ms (four ABBA-ordered runs each, medians). So both shapes use it.
+    load that came out even, while at concurrency 1, where a batch lands in the middle of some request, the
+    shorter batch won on latency and time to first token. So both shapes use it (paired measurements in
+    docs/performance/README.md).
     """
 
     def __init__(self, path: str, writes: _WriteStatements) -> None:

@@ -3,10 +3,10 @@
 ``find_pii`` finds typed spans; ``redact_text`` / ``redact_request`` replace them
 with typed placeholders (``<EMAIL_1>``), the same value getting the same
 placeholder everywhere in one request; ``scan_request`` only counts. Counts are
-occurrences per kind and never carry values. A typical 1 KB prompt costs about
-0.1 ms, one dense with PII a few tenths (``python tools/pii_report.py``
-measures it); Presidio's pattern recognizers took ~8 ms and read SSNs as phone
-numbers, so this module is hand-written: compiled regexes that start on the
+occurrences per kind and never carry values. It runs on every prompt, so its
+cost matters (``python tools/pii_report.py`` measures it; figures in
+docs/performance/README.md); Presidio's pattern recognizers were far slower and
+read SSNs as phone numbers, so this module is hand-written: compiled regexes that start on the
 character class they need (so the engine skips ahead in C), numeric detectors
 run only around digit chunks whose grouping fits them, validators after.
 

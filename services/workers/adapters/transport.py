@@ -2,11 +2,11 @@
 
 Adapters talk to one small interface (a buffered ``request`` and a streaming
 ``stream``), so the wire formats do not care which client carries them.
-Workers use aiohttp: measured against a 50 ms upstream, httpx's connection
-pool served 266 / 96 / 104 requests/s at 16 / 64 / 256 concurrent calls and
-aiohttp 306 / 1,130 / 3,473, on the same machine and upstream. Transport
-failures surface as ``TransportTimeout`` or ``TransportError`` whatever the
-client, and the adapter maps them onto the error hierarchy.
+Workers use aiohttp: measured against a slow upstream, httpx's connection
+pool collapsed as concurrent calls grew while aiohttp kept scaling
+(docs/performance/README.md). Transport failures surface as
+``TransportTimeout`` or ``TransportError`` whatever the client, and the
+adapter maps them onto the error hierarchy.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ deterministic (request id + stage), and the bus publishes them as
 ``Nats-Msg-Id``, so a handler that runs twice for one message publishes
 nothing new. New fields get defaults; existing fields never change type.
 
-Subjects (all captured by one stream, ``sy.evt.>``):
+Subjects (all captured by one stream, ``sy.evt.>``), each spelled once below
+as a constant or function that services and events use:
 
     sy.evt.requested            CompletionRequested        gateway → policy
     sy.evt.admitted             RequestAdmitted            policy  → router
@@ -23,7 +24,9 @@ Streaming chunks are not events: they go over core NATS on
 instance, not one per request) and are never stored; a client that disconnects
 is signalled back on ``sy.cancel.<request_id>`` (one wildcard subscription per
 worker process). The terminal event still goes through the stream, with the
-number of chunks the gateway should have seen.
+number of chunks the gateway should have seen. The gateway reads traces and
+the ledger from audit by core-NATS request/reply on ``sy.rpc.audit.trace`` and
+``sy.rpc.audit.ledger``.
 """
 
 from __future__ import annotations
@@ -38,8 +41,35 @@ from shared.canonical import ChatRequest, ChatResponse, EmbeddingRequest, Stream
 from shared.errors import ErrorInfo
 
 SCHEMA_VERSION = 1
-STREAM_SUBJECTS = ["sy.evt.>"]
 JOB_ORIGIN = "jobs"
+
+# ---- subjects: every subject, consumer filter and RPC name, spelled once -----------------------------------
+
+ALL_EVENTS = "sy.evt.>"  # what the stream captures, and audit's filter
+STREAM_SUBJECTS = [ALL_EVENTS]
+REQUESTED = "sy.evt.requested"
+ADMITTED = "sy.evt.admitted"
+ADMITTED_ROUTED = "sy.evt.admitted.routed"  # outside the router's filter: the request is already routed
+ATTEMPT_FAILED = "sy.evt.attempt_failed"
+ATTEMPT_ABANDONED = "sy.evt.attempt_abandoned"
+CANCEL_REQUESTED = "sy.evt.cancel"
+DONE_ALL = "sy.evt.done.>"  # terminal events of every origin
+BUDGET_RESERVED = "sy.evt.budget.reserved"
+BUDGET_SETTLED = "sy.evt.budget.settled"
+BUDGET_RELEASED = "sy.evt.budget.released"
+BUDGET_ALERT = "sy.evt.budget.alert"
+RPC_AUDIT_TRACE = "sy.rpc.audit.trace"  # core-NATS request/reply, answered by audit (queue group)
+RPC_AUDIT_LEDGER = "sy.rpc.audit.ledger"
+
+
+def attempt_subject(provider: str) -> str:
+    """Subject of attempts for ``provider``'s workers."""
+    return f"sy.evt.attempt.{provider}"
+
+
+def done_subject(origin: str) -> str:
+    """Subject of terminal events for requests that came in through ``origin``."""
+    return f"sy.evt.done.{origin}"
 
 
 def chunk_subject(origin: str, request_id: str) -> str:
@@ -50,11 +80,6 @@ def chunk_subject(origin: str, request_id: str) -> str:
 def cancel_subject(request_id: str) -> str:
     """Core-NATS subject on which a gateway tells the streaming worker its client went away."""
     return f"sy.cancel.{request_id}"
-
-
-def done_subject(origin: str) -> str:
-    """Subject of terminal events for requests that came in through ``origin``."""
-    return f"sy.evt.done.{origin}"
 
 
 class RequestContext(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -192,7 +217,7 @@ class CompletionRequested(Event, frozen=True, kw_only=True, tag=True):
     embedding: EmbeddingRequest | None = None
 
     def subject(self) -> str:
-        return "sy.evt.requested"
+        return REQUESTED
 
 
 class AdmissionInfo(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -226,7 +251,7 @@ class RequestAdmitted(Event, frozen=True, kw_only=True, tag=True):
     routed_by: str | None = None
 
     def subject(self) -> str:
-        return "sy.evt.admitted.routed" if self.routed_by else "sy.evt.admitted"
+        return ADMITTED_ROUTED if self.routed_by else ADMITTED
 
 
 class AttemptDispatched(Event, frozen=True, kw_only=True, tag=True):
@@ -247,7 +272,7 @@ class AttemptDispatched(Event, frozen=True, kw_only=True, tag=True):
     degraded: bool = False  # the attempt goes to the designated last-resort model
 
     def subject(self) -> str:
-        return f"sy.evt.attempt.{self.target.provider}"
+        return attempt_subject(self.target.provider)
 
 
 class AttemptFailed(Event, frozen=True, kw_only=True, tag=True):
@@ -260,7 +285,7 @@ class AttemptFailed(Event, frozen=True, kw_only=True, tag=True):
     cost_usd: float = 0.0
 
     def subject(self) -> str:
-        return "sy.evt.attempt_failed"
+        return ATTEMPT_FAILED
 
 
 class AttemptAbandoned(Event, frozen=True, kw_only=True, tag=True):
@@ -271,14 +296,14 @@ class AttemptAbandoned(Event, frozen=True, kw_only=True, tag=True):
     delivery: int
 
     def subject(self) -> str:
-        return "sy.evt.attempt_abandoned"
+        return ATTEMPT_ABANDONED
 
 
 class CancelRequested(Event, frozen=True, kw_only=True, tag=True):
     """The owner of a job asked to cancel it."""
 
     def subject(self) -> str:
-        return "sy.evt.cancel"
+        return CANCEL_REQUESTED
 
 
 class Terminal(Event, frozen=True, kw_only=True, tag=True):
@@ -345,7 +370,7 @@ class BudgetReserved(Event, frozen=True, kw_only=True, tag=True):
     scopes: list[str]
 
     def subject(self) -> str:
-        return "sy.evt.budget.reserved"
+        return BUDGET_RESERVED
 
 
 class BudgetSettled(Event, frozen=True, kw_only=True, tag=True):
@@ -357,7 +382,7 @@ class BudgetSettled(Event, frozen=True, kw_only=True, tag=True):
     outcome: str = ""  # the terminal status (or ``charged`` for a billed attempt seen after the end)
 
     def subject(self) -> str:
-        return "sy.evt.budget.settled"
+        return BUDGET_SETTLED
 
 
 class BudgetReleased(Event, frozen=True, kw_only=True, tag=True):
@@ -368,7 +393,7 @@ class BudgetReleased(Event, frozen=True, kw_only=True, tag=True):
     reason: str
 
     def subject(self) -> str:
-        return "sy.evt.budget.released"
+        return BUDGET_RELEASED
 
 
 class BudgetAlert(Event, frozen=True, kw_only=True, tag=True):
@@ -382,7 +407,7 @@ class BudgetAlert(Event, frozen=True, kw_only=True, tag=True):
     limit_usd: float
 
     def subject(self) -> str:
-        return "sy.evt.budget.alert"
+        return BUDGET_ALERT
 
 
 class ChunkMessage(Struct, frozen=True, kw_only=True, omit_defaults=True):

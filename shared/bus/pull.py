@@ -1,0 +1,128 @@
+"""The pull loop: how a durable consumer's messages reach the bus, one long-lived pull request at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable, Protocol
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from shared.bus.contract import Subscription
+from shared.settings import NatsSettings
+
+log = logging.getLogger("switchyard.bus")
+
+
+class Owner(Protocol):
+    """What a pull loop uses of the bus that runs it."""
+
+    nc: NATS
+    settings: NatsSettings
+
+    async def subscribe(self, subject: str, fn: Callable[[Msg], None], queue: str = "") -> Any: ...
+
+    async def ensure_consumer(self, sub: Subscription) -> None: ...
+
+    def start(self, coro: Awaitable) -> asyncio.Task: ...
+
+
+class PullLoop:
+    """A durable consumer read with one long-lived pull request topped up as messages arrive.
+
+    Instead of a request/response ``fetch`` per batch, a pull for up to ``max_outstanding`` messages
+    stays open on the server (``expires`` long, with idle heartbeats); whenever the messages still
+    owed plus those being handled drop to half the window, another pull asks for the difference.
+    Status messages keep the count honest: 408 (pull expired) and 409 (pull cancelled) return the
+    messages they say were not delivered; a missed heartbeat or a reconnect starts over.
+    """
+
+    EXPIRES_S = 30.0
+    HEARTBEAT_S = 5.0
+
+    def __init__(self, bus: Owner, sub: Subscription, max_outstanding: int, deliver: Callable[[Msg], None]) -> None:
+        self.bus = bus
+        self.sub = sub
+        self.window = max(1, max_outstanding)
+        self.owed = 0  # messages requested and not yet delivered or released by a status
+        self.busy = 0  # messages delivered and not yet finished
+        self.deliver = deliver
+        self.last_seen = 0.0
+        self._inbox = ""
+        self._nsub = None
+        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{bus.settings.stream}.{sub.durable}"
+        self._watch: asyncio.Task | None = None
+        self._reconnects = 0
+
+    async def start(self) -> None:
+        nc = self.bus.nc
+        self._inbox = nc.new_inbox()
+        self._nsub = await self.bus.subscribe(self._inbox, self._on_msg)
+        self._watch = asyncio.ensure_future(self._watchdog())
+        await self._refill()
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._nsub is not None:
+            try:
+                await self._nsub.unsubscribe()
+            except Exception:  # noqa: BLE001 - connection already gone
+                pass
+
+    def _on_msg(self, msg: Msg) -> None:
+        self.last_seen = time.monotonic()
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is None:
+            self.owed = max(0, self.owed - 1)
+            self.busy += 1
+            self.deliver(msg)
+            return
+        if status == "100":  # idle heartbeat: the pull is alive
+            return
+        pending = msg.headers.get("Nats-Pending-Messages")
+        if pending is not None and pending.isdigit():
+            self.owed = max(0, self.owed - int(pending))
+        else:
+            self.owed = 0
+        if status not in ("408", "404"):
+            log.info("pull %s: status %s %s", self.sub.durable, status, msg.headers.get("Description", ""))
+        self.bus.start(self._refill())
+
+    async def _refill(self) -> None:
+        want = self.window - self.owed - self.busy
+        if want <= 0 or (self.owed + self.busy > self.window // 2 and self.owed > 0):
+            return
+        req = {"batch": want, "expires": int(self.EXPIRES_S * 1e9), "idle_heartbeat": int(self.HEARTBEAT_S * 1e9)}
+        self.owed += want
+        try:
+            await self.bus.nc.publish(self._api, msgspec.json.encode(req), reply=self._inbox)
+        except Exception as exc:  # noqa: BLE001 - the watchdog asks again
+            self.owed -= want
+            log.debug("pull request failed: %r", exc)
+
+    async def _watchdog(self) -> None:
+        """Start over when the server stops answering (a lost pull, a reconnect, a restarted consumer)."""
+        while True:
+            await asyncio.sleep(self.HEARTBEAT_S)
+            stale = time.monotonic() - self.last_seen > 2 * self.HEARTBEAT_S + 1
+            reconnected = self.bus.nc.stats.get("reconnects", 0) != self._reconnects
+            if (stale and self.owed) or reconnected:
+                self._reconnects = self.bus.nc.stats.get("reconnects", 0)
+                self.owed = 0
+                if reconnected:
+                    try:
+                        await self.bus.ensure_consumer(self.sub)
+                    except Exception as exc:  # noqa: BLE001 - try again next round
+                        log.warning("consumer %s not recreated yet: %r", self.sub.durable, exc)
+                        continue
+            await self._refill()
+
+    def done(self, _: object = None) -> None:
+        """One delivered message is finished: make room for more."""
+        self.busy -= 1
+        if self.owed + self.busy <= self.window // 2:
+            self.bus.start(self._refill())

@@ -16,7 +16,6 @@ gives a conservative stand-in (largest context and output, highest prices).
 from __future__ import annotations
 
 import os
-import re
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -26,9 +25,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from shared.events import Target
+from shared.ids import SAFE_NAME, check_catalog_id
 
-SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 CAPABILITIES = frozenset({"tools", "json", "vision", "streaming", "embeddings"})
 # Sensitivity classes, least to most sensitive; a provider receives a class up to its ceiling.
 DATA_CLASSES = ("public", "internal", "confidential", "restricted")
@@ -136,9 +134,7 @@ class DeploymentSpec(_Spec):
     @field_validator("id")
     @classmethod
     def _safe_id(cls, v: str | None) -> str | None:
-        if v is not None and not SAFE_ID.match(v):
-            raise ValueError("deployment ids use letters, digits and . _ : / -")
-        return v
+        return v if v is None else check_catalog_id(v, "deployment ids")
 
 
 class ModelSpec(_Spec):
@@ -158,9 +154,7 @@ class ModelSpec(_Spec):
     @field_validator("name")
     @classmethod
     def _safe_model(cls, v: str) -> str:
-        if not SAFE_ID.match(v):
-            raise ValueError("model names use letters, digits and . _ : / -")
-        return v
+        return check_catalog_id(v, "model names")
 
     @field_validator("capabilities")
     @classmethod

@@ -8,6 +8,7 @@ import msgspec
 
 from shared.canonical import Message, StreamChunk
 from shared.events import CandidateView, CompletionSucceeded
+from shared.pricing import cost_usd, savings_usd
 
 
 def render_completion(event: CompletionSucceeded) -> dict[str, Any]:
@@ -117,12 +118,8 @@ def switchyard_object(event: CompletionSucceeded) -> dict[str, Any]:
     savings = 0.0
     if d.baseline is not None:
         b, u = d.baseline, event.response.usage
-        cached = min(u.cached_tokens, u.prompt_tokens) if b.cached_input_per_mtok is not None else 0
-        at_baseline = ((u.prompt_tokens - cached) * b.input_per_mtok + cached * (b.cached_input_per_mtok or 0.0)
-                       + u.completion_tokens * b.output_per_mtok) * 1e-6
-        savings = round(max(0.0, at_baseline - event.cost_usd), 10) if b.model != target.model else 0.0
-        baseline = {"model": b.model, "estimated_cost_usd": b.est_cost_usd,
-                    "cost_usd_for_this_usage": round(at_baseline, 10)}
+        savings = savings_usd(b, u, event.cost_usd) if b.model != target.model else 0.0
+        baseline = {"model": b.model, "estimated_cost_usd": b.est_cost_usd, "cost_usd_for_this_usage": cost_usd(b, u)}
     out.update({
         "reason": d.reason,
         "mode": d.mode,

@@ -35,12 +35,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from services.router.breakers import HALF_OPEN
-from services.router.health import HealthView
 from shared.canonical import ChatRequest
 from shared.catalog import ModelSpec
 from shared.events import CandidateView, Target
-from shared.pricing import PER_TOKEN
+from shared.pricing import estimate_cost_usd
+from shared.state.breakers import HALF_OPEN
+from shared.state.health import HealthView
 
 
 @dataclass(frozen=True)
@@ -151,12 +151,6 @@ def required_capabilities(request: ChatRequest, api: str, stream: bool) -> froze
     return frozenset(caps)
 
 
-def estimate_cost(model: ModelSpec, need: Need) -> float:
-    """The request's estimated cost on ``model``: prompt tokens plus the output estimate."""
-    out = min(need.output_tokens, model.max_output_tokens) * need.choices
-    return (need.prompt_tokens * model.input_per_mtok + out * model.output_per_mtok) * PER_TOKEN
-
-
 def model_latency_prior(targets: Iterable[Target], model: ModelSpec, view: HealthView, now: float) -> float:
     """The latency a deployment of ``model`` is expected to have: what its observed siblings show, else the
     catalog's prior. (A deployment never tried is not penalised against a sibling whose speed is known.)"""
@@ -176,8 +170,9 @@ def assess(target: Target, model: ModelSpec, need: Need, view: HealthView, now: 
     stats = view.stats(target.deployment, now)
     prior = model.latency_prior_ms if prior_ms is None else prior_ms
     latency, source = view.latency_estimate(target.deployment, prior, now, stats)
-    c = Candidate(target=target, model=model, est_cost_usd=estimate_cost(model, need), latency_ms=latency,
-                  latency_source=source, quality=model.quality_for(need.task), error_rate=stats.error_rate,
+    cost = estimate_cost_usd(model, need.prompt_tokens, need.output_tokens, need.choices)
+    c = Candidate(target=target, model=model, est_cost_usd=cost, latency_ms=latency, latency_source=source,
+                  quality=model.quality_for(need.task), error_rate=stats.error_rate,
                   breaker=view.state(target.deployment, now), in_flight=stats.in_flight, weight=weight)
     p = target.provider
     if need.policy_providers is not None and p not in need.policy_providers:

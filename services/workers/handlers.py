@@ -99,8 +99,6 @@ async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps
             outcome, latency_ms, cost = _outcome_of(result)
             await deps.gate.record(target, permit, outcome, latency_ms,
                                    task=event.decision.task if event.decision is not None else None, cost_usd=cost)
-    if isinstance(result, CompletionSucceeded) and (event.decision is not None or event.degraded):
-        result = msgspec.structs.replace(result, decision=event.decision, degraded=event.degraded)
     out.append(result)
     return out
 
@@ -134,7 +132,7 @@ async def _call(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps) 
 
 async def complete_attempt(event: AttemptDispatched, deps: WorkerDeps, timeout: float) -> Event:
     """A non-streamed chat completion."""
-    rid, target = event.request_id, event.target
+    target = event.target
     adapter = deps.adapters[target.provider]
     m = deps.metrics
     started = time.perf_counter()
@@ -158,17 +156,7 @@ async def complete_attempt(event: AttemptDispatched, deps: WorkerDeps, timeout: 
         return _failed(event, info, latency_ms)
     finally:
         m.in_flight.labels(target.provider).dec()
-    latency_ms = (time.perf_counter() - started) * 1000
-    model = deps.catalog.models[target.model]
-    cost = cost_usd(model, response.usage)
-    m.attempts.labels(target.provider, "success").inc()
-    m.operation_duration.labels("chat", target.provider, target.model, "").observe(latency_ms / 1000)
-    m.token_usage.labels("chat", target.provider, target.model, "input").observe(response.usage.prompt_tokens)
-    m.token_usage.labels("chat", target.provider, target.model, "output").observe(response.usage.completion_tokens)
-    m.cost.labels(target.provider, target.model).inc(cost)
-    return CompletionSucceeded(event_id=terminal_id(rid), request_id=rid, ctx=event.ctx, attempt=event.attempt,
-                               target=target, response=response, cost_usd=cost, latency_ms=latency_ms,
-                               history=list(event.history))
+    return _succeeded(event, deps, response, (time.perf_counter() - started) * 1000, "chat")
 
 
 def embedding_input(event: AttemptDispatched) -> EmbeddingRequest:
@@ -197,15 +185,32 @@ async def embed_attempt(event: AttemptDispatched, deps: WorkerDeps, timeout: flo
         m.attempts.labels(target.provider, exc.info().outcome).inc()
         return _failed(event, exc.info(), (time.perf_counter() - started) * 1000)
     latency_ms = (time.perf_counter() - started) * 1000
-    cost = cost_usd(deps.catalog.models[target.model], result.usage)
-    m.attempts.labels(target.provider, "success").inc()
-    m.operation_duration.labels("embeddings", target.provider, target.model, "").observe(latency_ms / 1000)
-    m.token_usage.labels("embeddings", target.provider, target.model, "input").observe(result.usage.prompt_tokens)
-    m.cost.labels(target.provider, target.model).inc(cost)
     response = ChatResponse(model=result.model or target.upstream_model, choices=[], usage=result.usage)
-    return CompletionSucceeded(event_id=terminal_id(event.request_id), request_id=event.request_id, ctx=event.ctx,
-                               attempt=event.attempt, target=target, response=response, cost_usd=cost,
-                               latency_ms=latency_ms, history=list(event.history), embeddings=result.data)
+    return _succeeded(event, deps, response, latency_ms, "embeddings", embeddings=result.data)
+
+
+def _succeeded(event: AttemptDispatched, deps: WorkerDeps, response: ChatResponse, latency_ms: float,
+               operation: str | None, *, ttft_ms: float | None = None, chunks: int = 0,
+               embeddings: list[list[float]] | None = None) -> CompletionSucceeded:
+    """The attempt's terminal success, billed at the catalog's prices, with the routing decision it carries out.
+
+    Every shape counts the success and its cost; ``operation`` ("chat", "embeddings") also records the call's
+    duration and token usage. A streamed attempt passes None: its time to first token is recorded as the chunks
+    arrive.
+    """
+    rid, target, usage, m = event.request_id, event.target, response.usage, deps.metrics
+    cost = cost_usd(deps.catalog.models[target.model], usage)
+    m.attempts.labels(target.provider, "success").inc()
+    if operation is not None:
+        m.operation_duration.labels(operation, target.provider, target.model, "").observe(latency_ms / 1000)
+        m.token_usage.labels(operation, target.provider, target.model, "input").observe(usage.prompt_tokens)
+        if operation == "chat":  # an embeddings call produces no output tokens
+            m.token_usage.labels(operation, target.provider, target.model, "output").observe(usage.completion_tokens)
+    m.cost.labels(target.provider, target.model).inc(cost)
+    return CompletionSucceeded(event_id=terminal_id(rid), request_id=rid, ctx=event.ctx, attempt=event.attempt,
+                               target=target, response=response, cost_usd=cost, latency_ms=latency_ms,
+                               ttft_ms=ttft_ms, history=list(event.history), chunks=chunks, embeddings=embeddings,
+                               decision=event.decision, degraded=event.degraded)
 
 
 def _failed(event: AttemptDispatched, info: ErrorInfo, latency_ms: float, usage: Usage | None = None,
@@ -272,10 +277,4 @@ async def stream_attempt(event: AttemptDispatched, delivery: Delivery, deps: Wor
                                             message=f"the stream broke after {sent} chunks: {error.message}")
         usage = assembler.usage_so_far()
         return _failed(event, error, latency_ms, usage, cost_usd(model, usage))
-    response = assembler.response()
-    cost = cost_usd(model, response.usage)
-    m.attempts.labels(target.provider, "success").inc()
-    m.cost.labels(target.provider, target.model).inc(cost)
-    return CompletionSucceeded(event_id=terminal_id(rid), request_id=rid, ctx=event.ctx, attempt=event.attempt,
-                               target=target, response=response, cost_usd=cost, latency_ms=latency_ms,
-                               ttft_ms=ttft_ms, history=list(event.history), chunks=sent)
+    return _succeeded(event, deps, assembler.response(), latency_ms, None, ttft_ms=ttft_ms, chunks=sent)

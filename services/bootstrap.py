@@ -14,7 +14,9 @@ import importlib
 import logging
 import os
 import signal
+import time
 from pathlib import Path
+from typing import Callable
 
 import msgspec
 
@@ -25,6 +27,7 @@ from services.targets import BY_NAME, Shape, name_of, parse_targets
 from shared.auth import KeyEntry, KeyLimits, KeyStore, generate_key
 from shared.bus import Bus
 from shared.catalog import load_catalog
+from shared.state.stores import Stores
 from shared.telemetry import Telemetry
 
 log = logging.getLogger("switchyard")
@@ -32,7 +35,7 @@ log = logging.getLogger("switchyard")
 BUSY_POLL_S = 0.0005  # the busy-poll window of a process that runs the whole request path
 
 
-def build_keyring(settings: Settings) -> tuple[KeyStore, str | None]:
+def build_keyring(settings: Settings, clock: Callable[[], float] = time.time) -> tuple[KeyStore, str | None]:
     """The key store, seeded with the configured keys; when no admin key is set one is generated (and returned
     to be printed once). The configured admin key is the operator's: it may manage every tenant."""
     entries = [KeyEntry(key=k, tenant=v.tenant, team=v.team, role=v.role, name="configured", expires_at=v.expires_at,
@@ -47,7 +50,7 @@ def build_keyring(settings: Settings) -> tuple[KeyStore, str | None]:
         admin, generated = _local_admin_key(Path(settings.data_dir))
     entries.append(KeyEntry(key=admin, tenant="default", team="default", role="admin", operator=True,
                             name="configured admin"))
-    return KeyStore(settings.key_secret.get_secret_value().encode(), entries), generated
+    return KeyStore(settings.key_secret.get_secret_value().encode(), entries, clock), generated
 
 
 def _local_admin_key(data_dir: Path) -> tuple[str, str | None]:
@@ -69,7 +72,8 @@ def _local_admin_key(data_dir: Path) -> tuple[str, str | None]:
     return key, key
 
 
-async def build(settings: Settings, targets: list[str]) -> Deps:
+async def build(settings: Settings, targets: list[str], clock: Callable[[], float] = time.time) -> Deps:
+    """Everything the targets share; ``clock`` is what the key store checks expiry against (tests move it)."""
     telemetry = Telemetry(settings.telemetry, service_name="switchyard-" + "-".join(t.replace(":", "-") for t in targets)[:60])
     shape = Shape.of(targets)
     bus = Bus(settings.nats, telemetry, name="switchyard:" + ",".join(targets),
@@ -77,15 +81,18 @@ async def build(settings: Settings, targets: list[str]) -> Deps:
     await bus.connect()
     await bus.ensure_stream()
     catalog = load_catalog(settings.catalog_path)
-    keyring, generated = build_keyring(settings)
+    keyring, generated = build_keyring(settings, clock)
     if shape.needs("keys"):
         await keyring.start(bus)  # seeds the configured keys into KV and keeps a watched index of all keys
     if generated and shape.runs("gateway"):
         # Printed once so a developer can call the API; set SWITCHYARD_ADMIN_KEY to choose it.
         print(f"switchyard: generated admin key (kept in {settings.data_dir}/admin.key; set SWITCHYARD_ADMIN_KEY "
               f"to choose one): {generated}", flush=True)
+    stores = Stores(bus, catalog, cas_timeout_s=settings.policy.cas_timeout_s, breaker=settings.router.breaker,
+                    health=settings.router.health, retry_budget_window_s=settings.router.retry_budget_window_s,
+                    metrics=telemetry.metrics)
     return Deps(settings=settings, telemetry=telemetry, bus=bus, catalog=catalog, keyring=keyring, targets=targets,
-                shape=shape)
+                shape=shape, stores=stores)
 
 
 async def run_targets(deps: Deps, stop: asyncio.Event) -> None:

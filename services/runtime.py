@@ -15,6 +15,7 @@ from shared.auth import KeyStore
 from shared.bus import Bus
 from shared.catalog import Catalog
 from shared.events import Event
+from shared.state.stores import Stores
 from shared.telemetry import Telemetry
 from services.targets import Shape
 
@@ -48,6 +49,7 @@ class Deps:
     keyring: KeyStore
     targets: list[str]
     shape: Shape
+    stores: Stores  # the shared KV stores (teams, budgets, rate limits, health), one set per process
     ready: dict[str, bool] = field(default_factory=dict)
     local: LocalStages = field(default_factory=LocalStages)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)

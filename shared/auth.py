@@ -29,7 +29,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -37,11 +36,12 @@ from typing import TYPE_CHECKING, Annotated, Callable, Iterable, Literal
 
 import msgspec
 from msgspec import Meta, Struct
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from shared.errors import ServiceUnavailable
+from shared.ids import SAFE_KEY_ID, check_name
+from shared.state.buckets import KEYS
+from shared.state.kv import Codec, cas, create, read
 
-if TYPE_CHECKING:  # the bus imports events, events import errors: keep auth importable on its own
+if TYPE_CHECKING:  # type hints only
     from nats.js.kv import KeyValue
 
     from shared.bus import Bus
@@ -50,19 +50,7 @@ log = logging.getLogger("switchyard.auth")
 
 Role = Literal["admin", "member", "viewer"]
 ROLES = ("admin", "member", "viewer")
-# Tenants, teams and key ids end up in KV keys and NATS subjects: one safe alphabet for all of them.
-SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-SAFE_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
 MAX_KEY_LENGTH = 256
-KEYS_BUCKET = "sy_keys"
-
-
-def check_name(value: str, what: str) -> str:
-    """``value`` if it is a safe tenant/team name, else ValueError naming ``what``."""
-    if not isinstance(value, str) or not SAFE_NAME.match(value):
-        raise ValueError(f"{what} {value!r} must be 1-63 lowercase letters, digits, '-' or '_' "
-                         f"(it becomes part of KV keys and NATS subjects)")
-    return value
 
 
 @dataclass(frozen=True)
@@ -131,8 +119,7 @@ class KeyRecord(Struct, frozen=True, kw_only=True, omit_defaults=True):
         }
 
 
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(KeyRecord).decode
+_CODEC: Codec[KeyRecord] = Codec(KeyRecord)
 
 
 @dataclass(frozen=True)
@@ -252,9 +239,7 @@ class KeyStore(KeyRing):
 
     async def start(self, bus: "Bus", timeout: float = 10.0) -> None:
         """Open the bucket, seed the configured keys, load every key and keep watching."""
-        from shared.bus import Bucket
-
-        self._kv = await bus.kv(Bucket(KEYS_BUCKET, history=1, description="API keys: HMACs and attributes"))
+        self._kv = await bus.kv(KEYS)
         for entry in self._seed:
             await self._seed_one(entry)
         bus.start(self._watch())
@@ -263,27 +248,17 @@ class KeyStore(KeyRing):
 
     async def _seed_one(self, entry: KeyEntry) -> None:
         wanted = self.record_for(entry, source="config")
-        for _ in range(10):
-            try:
-                current = await self._kv.get(wanted.id)
-            except KeyNotFoundError:
-                try:
-                    await self._kv.create(wanted.id, _encode(wanted))
-                    return
-                except KeyWrongLastSequenceError:
-                    continue  # another replica seeded it first
-            else:
-                stored = _decode(current.value)
-                merged = msgspec.structs.replace(wanted, created_at=stored.created_at, revoked_at=stored.revoked_at,
-                                                 rotated_to=stored.rotated_to)
-                if stored.source != "config" or merged == stored:
-                    return
-                try:
-                    await self._kv.update(wanted.id, _encode(merged), last=current.revision)
-                    return
-                except KeyWrongLastSequenceError:
-                    continue
-        raise ServiceUnavailable(f"could not seed configured key {wanted.id}")
+
+        def change(stored: KeyRecord | None) -> tuple[KeyRecord | None, None]:
+            if stored is None:
+                return wanted, None
+            merged = msgspec.structs.replace(wanted, created_at=stored.created_at, revoked_at=stored.revoked_at,
+                                             rotated_to=stored.rotated_to)
+            if stored.source != "config" or merged == stored:
+                return None, None  # made through the API, or already as configured
+            return merged, None
+
+        await cas(self._kv, wanted.id, _CODEC, change, what="key store")
 
     async def _watch(self) -> None:
         """Follow the bucket: a full load first (swapped in at once), then every change as it happens."""
@@ -334,7 +309,7 @@ class KeyStore(KeyRing):
             index.pop(entry.key, None)
             return
         try:
-            record = _decode(entry.value)
+            record = _CODEC.decode(entry.value)
         except msgspec.DecodeError:
             log.error("undecodable key record %s", entry.key)
             return
@@ -345,7 +320,7 @@ class KeyStore(KeyRing):
             self._forget(entry.key)
             return
         try:
-            self._index(_decode(entry.value))
+            self._index(_CODEC.decode(entry.value))
         except msgspec.DecodeError:
             log.error("undecodable key record %s", entry.key)
 
@@ -358,42 +333,32 @@ class KeyStore(KeyRing):
             return None
         if self._live:
             return self._by_id.get(key_id)
-        entry = await _kv_get(self._kv, key_id)
-        return _decode(entry.value) if entry is not None else None
+        return await read(self._kv, key_id, _CODEC, "key store")
 
     # ---- writes (admin API) ----------------------------------------------------------------
 
     async def create(self, entry: KeyEntry, rotated_from: str | None = None) -> KeyRecord:
         """Store a new key (``entry.key`` is the clear key, shown to its owner once and never kept)."""
         record = self.record_for(entry, rotated_from=rotated_from)
-        try:
-            await self._kv.create(record.id, _encode(record))
-        except KeyWrongLastSequenceError:
-            raise ValueError("a key with this hash exists already") from None
-        except Exception as exc:  # noqa: BLE001 - KV down: the caller answers 503
-            raise ServiceUnavailable("the key store is unavailable") from exc
+        if not await create(self._kv, record.id, _CODEC, record, "key store"):  # KV down: ServiceUnavailable (503)
+            raise ValueError("a key with this hash exists already")
         self._index(record)  # read-your-writes here; other replicas get it from the watch
         return record
 
     async def change(self, key_id: str, fn: Callable[[KeyRecord], KeyRecord | None]) -> KeyRecord | None:
         """Compare-and-set ``fn`` over the stored record; None when there is no such key."""
-        for _ in range(20):
-            entry = await _kv_get(self._kv, key_id)
-            if entry is None:
-                return None
-            current = _decode(entry.value)
+
+        def step(current: KeyRecord | None) -> tuple[KeyRecord | None, KeyRecord | None]:
+            if current is None:
+                return None, None
             new = fn(current)
             if new is None or new == current:
-                return current
-            try:
-                await self._kv.update(key_id, _encode(new), last=entry.revision)
-            except KeyWrongLastSequenceError:
-                continue
-            except Exception as exc:  # noqa: BLE001
-                raise ServiceUnavailable("the key store is unavailable") from exc
-            self._index(new)
-            return new
-        raise ServiceUnavailable(f"key {key_id} is being changed concurrently; try again")
+                return None, current
+            return new, new
+
+        # Read-your-writes here; other replicas get the change from the watch.
+        return await cas(self._kv, key_id, _CODEC, step, what="key store",
+                         written=lambda new, _revision: self._index(new))
 
     async def revoke(self, key_id: str) -> KeyRecord | None:
         now = self._clock()
@@ -423,23 +388,3 @@ class KeyStore(KeyRing):
 
         await self.change(key_id, retire)
         return clear, new
-
-
-async def _kv_get(kv: "KeyValue | None", key: str):
-    """A KV entry, or None when the key does not exist; ServiceUnavailable when the bucket cannot answer.
-
-    nats-py reports a missing *bucket* with the same KeyNotFoundError as a missing key; the
-    underlying JetStream error code tells them apart (10037: no message; 10059: no stream).
-    """
-    if kv is None:
-        raise ServiceUnavailable("the key store is not started")
-    try:
-        return await kv.get(key)
-    except KeyNotFoundError as exc:
-        cause = exc.__context__
-        code = getattr(cause, "err_code", None)
-        if cause is None or code == 10037 or type(cause).__name__ == "KeyDeletedError":
-            return None
-        raise ServiceUnavailable("the key store is unavailable") from exc
-    except Exception as exc:  # noqa: BLE001 - timeouts, no responders, a closed connection
-        raise ServiceUnavailable("the key store is unavailable") from exc

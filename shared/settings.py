@@ -22,7 +22,7 @@ class NatsSettings(BaseModel):
     kv_replicas: int = Field(1, ge=1, le=5)
     busy_poll_us: int | None = Field(None, ge=0, le=100_000, description="after each message, keep the event "
                                      "loop polling (not sleeping) this long; 0: off; unset: 500 in a process that "
-                                     "runs the whole request path, else off (see shared/bus.py BusyPoll)")
+                                     "runs the whole request path, else off (see shared/bus/busypoll.py)")
 
 
 class ConsumerSettings(BaseModel):

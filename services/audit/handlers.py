@@ -2,7 +2,7 @@
 
 No clients here: ``build_rows`` and ``job_updates`` are pure functions of the
 events, so the service only decodes, calls them and hands the results to the
-store and to ``shared.jobs.advance_job``.
+store and to ``shared.state.jobs.advance_job``.
 
 Delivery is at-least-once and a batch may arrive in any order, so every
 function folds the batch into at most one row per key, choosing between
@@ -93,7 +93,7 @@ from shared.events import (
     Target,
     Terminal,
 )
-from shared.jobs import moves_forward
+from shared.state.jobs import moves_forward
 
 STAGE = {"requested": 0, "admitted": 1, "in_progress": 2,
          "succeeded": 3, "failed": 3, "denied": 3, "cancelled": 3, "expired": 3}

@@ -20,14 +20,13 @@ from services.audit.settings import AuditSettings
 from services.audit.store import AuditStore
 from services.runtime import Deps
 from shared.bus import Delivery, Subscription
-from shared.events import AnyEvent, Event
+from shared.events import ALL_EVENTS, RPC_AUDIT_LEDGER, RPC_AUDIT_TRACE, AnyEvent, Event
 from shared.settings import ConsumerSettings
-from shared.jobs import JOBS, advance_job
+from shared.state.buckets import JOBS
+from shared.state.jobs import advance_job
 
 log = logging.getLogger("switchyard.audit")
 DURABLE = "audit"
-RPC_TRACE = "sy.rpc.audit.trace"
-RPC_LEDGER = "sy.rpc.audit.ledger"
 
 
 def database_url(deps: Deps) -> str:
@@ -81,8 +80,8 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     async def on_ledger(msg) -> None:
         await answer(msg, _LedgerQuery, lambda q: _ledger(store, q))
 
-    subs = [await nc.subscribe(RPC_TRACE, queue="audit", cb=on_trace),
-            await nc.subscribe(RPC_LEDGER, queue="audit", cb=on_ledger)]
+    subs = [await nc.subscribe(RPC_AUDIT_TRACE, queue="audit", cb=on_trace),
+            await nc.subscribe(RPC_AUDIT_LEDGER, queue="audit", cb=on_ledger)]
 
     async def stop() -> None:
         for sub in subs:
@@ -90,7 +89,7 @@ async def run(deps: Deps, arg: str | None = None) -> None:
         await store.close()
 
     deps.on_stop.append(stop)
-    sub = Subscription(DURABLE, ("sy.evt.>",), consumer_for(s, deps.shape.shares_process("audit")), replayable=True)
+    sub = Subscription(DURABLE, (ALL_EVENTS,), consumer_for(s, deps.shape.shares_process("audit")), replayable=True)
     await deps.bus.ensure_consumer(sub)
     deps.ready["audit"] = True
     await deps.bus.consume_batches("audit", sub, handle)
@@ -101,8 +100,8 @@ def consumer_for(s: AuditSettings, shares_process: bool) -> ConsumerSettings:
 
     Sharing the event loop with any other target, a batch's synchronous work (folding its rows, building the
     statements' parameters) holds every request of the process for its duration, so batches stay small there
-    (``--target all``: p99 at concurrency 16 fell by about a fifth with 128 instead of 512 events). Alone, audit
-    keeps its larger batches, which cost less CPU per event.
+    (the tail latency of ``--target all`` under load fell with the smaller cap; docs/performance/README.md).
+    Alone, audit keeps its larger batches, which cost less CPU per event.
     """
     if shares_process and s.consumer.batch > s.shared_loop_batch:
         return s.consumer.model_copy(update={"batch": s.shared_loop_batch})

@@ -1,4 +1,4 @@
-"""The admin API: keys, teams and budgets, as an APIRouter the gateway includes.
+"""The admin API: keys, teams and budgets (the gateway's route table names their paths).
 
     POST   /v1/admin/keys                      create a key (the key is in this response only)
     GET    /v1/admin/keys[?team=]              list keys: prefix and last 4 characters, never the key
@@ -21,23 +21,24 @@ Keys and teams of another tenant answer 404, exactly as ones that do not exist.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 from msgspec import Meta, Struct
 
-from services.policy.budgets import BudgetStore, Scope, to_nano, view
-from services.policy.handlers import effective, key_scope_key, team_scope_key
-from services.policy.ratelimit import RateLimiter, RateScope
-from services.policy.service import BUDGETS, RATES, TEAMS
-from services.policy.teams import TeamExists, TeamSettings, TeamStore, patched
-from shared.auth import SAFE_KEY_ID, SAFE_NAME, KeyEntry, KeyLimits, Principal, check_name, generate_key
+from services.gateway.web import principal_of
+from services.ops import json_response
+from shared.auth import KeyEntry, KeyLimits, KeyRecord, KeyStore, Principal, generate_key
+from shared.catalog import Catalog
 from shared.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
-
-if TYPE_CHECKING:
-    from services.gateway.app import Gateway
+from shared.ids import SAFE_KEY_ID, SAFE_NAME, check_name
+from shared.state.budgets import Scope, to_nano, view
+from shared.state.ratelimit import RateScope
+from shared.state.scopes import key_scope_key, team_scope_key
+from shared.state.stores import Stores
+from shared.state.teams import TeamDefaults, TeamExists, TeamRecord, TeamSettings, effective, patched
 
 
 class LimitsIn(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -86,10 +87,6 @@ class TeamPatch(Struct, kw_only=True, forbid_unknown_fields=True):
     description: Annotated[str, Meta(max_length=1000)] | None = None
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(body), status_code=status, media_type="application/json")
-
-
 async def _body(request: Request, type_: type) -> Any:
     raw = await request.body()
     try:
@@ -109,212 +106,206 @@ def _name(value: str, what: str) -> str:
         raise InvalidRequest(str(exc), param=what) from None
 
 
-def admin_routes(gw: "Gateway") -> APIRouter:
-    """The admin endpoints bound to one gateway (its principal lookup, its bus and catalog)."""
-    router = APIRouter(tags=["admin"])
-    deps = gw.deps
-    keys = deps.keyring
-    catalog = deps.catalog
-    policy_settings = deps.settings.policy
+class Admin:
+    """The admin endpoints, over the key store and the team, budget and rate-limit stores policy admits with."""
 
-    async def teams() -> TeamStore:
-        return TeamStore(await deps.bus.kv(TEAMS))
+    def __init__(self, keyring: KeyStore, catalog: Catalog, stores: Stores, team_defaults: TeamDefaults) -> None:
+        self.keys = keyring
+        self.catalog = catalog
+        self.stores = stores
+        self.team_defaults = team_defaults  # policy's settings: what a team without its own setting gets
 
-    async def budgets() -> BudgetStore:
-        return BudgetStore(await deps.bus.kv(BUDGETS))
+    # ---- who may act, and on what --------------------------------------------------------
 
-    async def limiter() -> RateLimiter:
-        return RateLimiter(await deps.bus.kv(RATES))
-
-    def admin(request: Request) -> Principal:
-        p = gw.principal(request)
+    def _admin(self, request: Request) -> Principal:
+        p = principal_of(self.keys, request)
         if p.role != "admin":
             raise PermissionDenied("This endpoint needs an admin key.")
         return p
 
-    def tenant_of(p: Principal, asked: str | None) -> str:
+    @staticmethod
+    def _tenant_of(p: Principal, asked: str | None) -> str:
         if asked is None or asked == p.tenant:
             return p.tenant
         if not p.operator:
             raise PermissionDenied("Only the operator's admin key may manage another tenant.", param="tenant")
         return _name(asked, "tenant")
 
-    async def own_key(p: Principal, key_id: str):
-        record = await keys.fetch(key_id) if SAFE_KEY_ID.match(key_id) else None
+    async def _own_key(self, p: Principal, key_id: str) -> KeyRecord:
+        record = await self.keys.fetch(key_id) if SAFE_KEY_ID.match(key_id) else None
         if record is None or (record.tenant != p.tenant and not p.operator):
             raise NotFound(f"No key found with id '{key_id}'.", param="key_id")
         return record
 
-    def guard_operator(p: Principal, record) -> None:
+    @staticmethod
+    def _guard_operator(p: Principal, record: KeyRecord) -> None:
         if record.operator and not p.operator:
             raise PermissionDenied("Only the operator's admin key may revoke or rotate an operator key.")
 
-    async def team_known(tenant: str, team: str) -> bool:
-        return await (await teams()).get(tenant, team) is not None or team in keys.teams(tenant)
+    async def _team(self, tenant: str, team: str) -> TeamRecord | None:
+        return await (await self.stores.teams()).get(tenant, team)
 
-    def check_lists(models: list[str] | None, providers: list[str] | None) -> None:
+    async def _team_known(self, tenant: str, team: str) -> bool:
+        return await self._team(tenant, team) is not None or team in self.keys.teams(tenant)
+
+    def _check_lists(self, models: list[str] | None, providers: list[str] | None) -> None:
         for m in models or []:
-            if not catalog.knows(m):
+            if not self.catalog.knows(m):
                 raise InvalidRequest(f"unknown model '{m}'", param="allowed_models")
         for prov in providers or []:
-            if prov not in catalog.providers:
+            if prov not in self.catalog.providers:
                 raise InvalidRequest(f"unknown provider '{prov}'", param="allowed_providers")
 
     # ---- keys ----------------------------------------------------------------------------
 
-    @router.post("/v1/admin/keys", status_code=201, summary="Create an API key (shown once)")
-    async def create_key(request: Request) -> Response:
-        p = admin(request)
+    async def create_key(self, request: Request) -> Response:
+        p = self._admin(request)
         body: KeyCreate = await _body(request, KeyCreate)
-        tenant = tenant_of(p, body.tenant)
+        tenant = self._tenant_of(p, body.tenant)
         team = _name(body.team, "team")
         if body.operator and not p.operator:
             raise PermissionDenied("Only the operator's admin key may create operator keys.", param="operator")
-        if not await team_known(tenant, team):
+        if not await self._team_known(tenant, team):
             raise NotFound(f"No team '{team}' in tenant '{tenant}'; create it with POST /v1/admin/teams.",
                            param="team", code="team_not_found")
-        check_lists(body.allowed_models, body.allowed_providers)
+        self._check_lists(body.allowed_models, body.allowed_providers)
         expires = body.expires_at
         if body.expires_in_s is not None:
             expires = time.time() + body.expires_in_s
         limits = KeyLimits(**msgspec.structs.asdict(body.limits)) if body.limits else None
         clear = generate_key()
-        record = await keys.create(KeyEntry(key=clear, tenant=tenant, team=team, role=body.role, name=body.name,
-                                            operator=body.operator, expires_at=expires,
-                                            allowed_models=body.allowed_models,
-                                            allowed_providers=body.allowed_providers, limits=limits))
-        return _json({**record.public(), "key": clear}, status=201)
+        record = await self.keys.create(KeyEntry(key=clear, tenant=tenant, team=team, role=body.role, name=body.name,
+                                                 operator=body.operator, expires_at=expires,
+                                                 allowed_models=body.allowed_models,
+                                                 allowed_providers=body.allowed_providers, limits=limits))
+        return json_response({**record.public(), "key": clear}, status=201)
 
-    @router.get("/v1/admin/keys", summary="List API keys (prefix and last 4 characters only)")
-    async def list_keys(request: Request) -> Response:
-        p = admin(request)
+    async def list_keys(self, request: Request) -> Response:
+        p = self._admin(request)
         q = request.query_params
-        tenant = tenant_of(p, q.get("tenant"))
+        tenant = self._tenant_of(p, q.get("tenant"))
         team = q.get("team")
-        data = [r.public() for r in keys.list(tenant, team)]
-        return _json({"object": "list", "data": data})
+        data = [r.public() for r in self.keys.list(tenant, team)]
+        return json_response({"object": "list", "data": data})
 
-    @router.get("/v1/admin/keys/{key_id}", summary="One API key")
-    async def get_key(request: Request, key_id: str) -> Response:
-        p = admin(request)
-        return _json((await own_key(p, key_id)).public())
+    async def get_key(self, request: Request, key_id: str) -> Response:
+        p = self._admin(request)
+        return json_response((await self._own_key(p, key_id)).public())
 
-    @router.post("/v1/admin/keys/{key_id}/revoke", summary="Revoke an API key")
-    async def revoke_key(request: Request, key_id: str) -> Response:
-        p = admin(request)
-        guard_operator(p, await own_key(p, key_id))
-        record = await keys.revoke(key_id)
+    async def revoke_key(self, request: Request, key_id: str) -> Response:
+        p = self._admin(request)
+        self._guard_operator(p, await self._own_key(p, key_id))
+        record = await self.keys.revoke(key_id)
         if record is None:
             raise NotFound(f"No key found with id '{key_id}'.", param="key_id")
-        return _json(record.public())
+        return json_response(record.public())
 
-    @router.post("/v1/admin/keys/{key_id}/rotate", summary="Replace an API key with a new one")
-    async def rotate_key(request: Request, key_id: str) -> Response:
-        p = admin(request)
-        guard_operator(p, await own_key(p, key_id))
+    async def rotate_key(self, request: Request, key_id: str) -> Response:
+        p = self._admin(request)
+        self._guard_operator(p, await self._own_key(p, key_id))
         body: KeyRotate = await _body(request, KeyRotate)
         try:
-            rotated = await keys.rotate(key_id, body.grace_s)
+            rotated = await self.keys.rotate(key_id, body.grace_s)
         except ValueError as exc:
             raise Conflict(str(exc), code="key_not_active") from None
         if rotated is None:
             raise NotFound(f"No key found with id '{key_id}'.", param="key_id")
         clear, record = rotated
-        return _json({**record.public(), "key": clear})
+        return json_response({**record.public(), "key": clear})
 
     # ---- teams ---------------------------------------------------------------------------
 
-    @router.post("/v1/admin/teams", status_code=201, summary="Create a team with its settings")
-    async def create_team(request: Request) -> Response:
-        p = admin(request)
+    async def create_team(self, request: Request) -> Response:
+        p = self._admin(request)
         body: TeamCreate = await _body(request, TeamCreate)
-        tenant = tenant_of(p, body.tenant)
+        tenant = self._tenant_of(p, body.tenant)
         name = _name(body.name, "name")
         settings = _settings(TeamSettings(), body.settings)
-        check_lists(settings.allowed_models, settings.allowed_providers)
+        self._check_lists(settings.allowed_models, settings.allowed_providers)
         try:
-            record = await (await teams()).create(tenant, name, settings, body.description)
+            record = await (await self.stores.teams()).create(tenant, name, settings, body.description)
         except TeamExists as exc:
             raise Conflict(str(exc), code="team_exists") from None
-        return _json(record.public(), status=201)
+        return json_response(record.public(), status=201)
 
-    @router.get("/v1/admin/teams", summary="List the tenant's teams")
-    async def list_teams(request: Request) -> Response:
-        p = admin(request)
-        tenant = tenant_of(p, request.query_params.get("tenant"))
-        stored = {t.name: t.public() for t in await (await teams()).list(tenant)}
-        for name in keys.teams(tenant) - set(stored):  # teams only named by keys have every default
-            stored[name] = {"object": "team", "tenant": tenant, "name": name, "settings": {}, "implicit": True}
-        return _json({"object": "list", "data": [stored[n] for n in sorted(stored)]})
+    async def list_teams(self, request: Request) -> Response:
+        p = self._admin(request)
+        tenant = self._tenant_of(p, request.query_params.get("tenant"))
+        stored = {t.name: t.public() for t in await (await self.stores.teams()).list(tenant)}
+        for name in self.keys.teams(tenant) - set(stored):  # teams only named by keys have every default
+            stored[name] = _implicit_team(tenant, name)
+        return json_response({"object": "list", "data": [stored[n] for n in sorted(stored)]})
 
-    @router.get("/v1/admin/teams/{team}", summary="One team")
-    async def get_team(request: Request, team: str) -> Response:
-        p = admin(request)
-        tenant = tenant_of(p, request.query_params.get("tenant"))
-        record = await (await teams()).get(tenant, team) if SAFE_NAME.match(team) else None
+    async def get_team(self, request: Request, team: str) -> Response:
+        p = self._admin(request)
+        tenant = self._tenant_of(p, request.query_params.get("tenant"))
+        record = await self._team(tenant, team) if SAFE_NAME.match(team) else None
         if record is None:
-            if SAFE_NAME.match(team) and team in keys.teams(tenant):
-                return _json({"object": "team", "tenant": tenant, "name": team, "settings": {}, "implicit": True})
+            if SAFE_NAME.match(team) and team in self.keys.teams(tenant):
+                return json_response(_implicit_team(tenant, team))
             raise NotFound(f"No team '{team}'.", param="team", code="team_not_found")
-        return _json(record.public())
+        return json_response(record.public())
 
-    @router.patch("/v1/admin/teams/{team}", summary="Change a team's settings")
-    async def update_team(request: Request, team: str) -> Response:
-        p = admin(request)
-        tenant = tenant_of(p, request.query_params.get("tenant"))
+    async def update_team(self, request: Request, team: str) -> Response:
+        p = self._admin(request)
+        tenant = self._tenant_of(p, request.query_params.get("tenant"))
         body: TeamPatch = await _body(request, TeamPatch)
         candidate = _settings(TeamSettings(), body.settings)
-        check_lists(candidate.allowed_models, candidate.allowed_providers)
+        self._check_lists(candidate.allowed_models, candidate.allowed_providers)
         if not SAFE_NAME.match(team):
             raise NotFound(f"No team '{team}'.", param="team", code="team_not_found")
         try:
-            record = await (await teams()).update(tenant, team, body.settings, body.description,
-                                                  create=team in keys.teams(tenant))
+            record = await (await self.stores.teams()).update(tenant, team, body.settings, body.description,
+                                                              create=team in self.keys.teams(tenant))
         except (ValueError, msgspec.ValidationError) as exc:
             raise InvalidRequest(str(exc), param="settings") from None
         if record is None:
             raise NotFound(f"No team '{team}'.", param="team", code="team_not_found")
-        return _json(record.public())
+        return json_response(record.public())
 
     # ---- budgets -------------------------------------------------------------------------
 
-    @router.get("/v1/budgets/{team}", summary="A team's budgets and rate limits for the current periods")
-    async def get_budget(request: Request, team: str) -> Response:
-        p = gw.principal(request)
+    async def get_budget(self, request: Request, team: str) -> Response:
+        p = principal_of(self.keys, request)
         if p.role == "member":
             raise PermissionDenied("This endpoint needs an admin or viewer key.")
-        tenant = tenant_of(p, request.query_params.get("tenant"))
+        tenant = self._tenant_of(p, request.query_params.get("tenant"))
         missing = NotFound(f"No team '{team}'.", param="team", code="team_not_found")
         if not SAFE_NAME.match(team) or (p.role == "viewer" and team != p.team):
             raise missing
-        record = await (await teams()).get(tenant, team)
-        if record is None and team not in keys.teams(tenant):
+        record = await self._team(tenant, team)
+        if record is None and team not in self.keys.teams(tenant):
             raise missing
-        eff = effective(record, policy_settings)
+        eff = effective(record, self.team_defaults)
         now = time.time()
-        store = await budgets()
+        store = await self.stores.budgets()
         scope = Scope(key=team_scope_key(tenant, team), thresholds=eff.thresholds,
-                      daily=None if eff.daily_usd is None else to_nano(eff.daily_usd),
-                      monthly=None if eff.monthly_usd is None else to_nano(eff.monthly_usd))
+                      daily=_nano(eff.daily_usd), monthly=_nano(eff.monthly_usd))
         body = {"object": "budget", "tenant": tenant, "team": team, **view(await store.counter(scope.key), scope, now)}
-        rl = await limiter()
+        rl = await self.stores.limiter()
         rate_scope = RateScope(key=team_scope_key(tenant, team), rpm=eff.rpm, tpm=eff.tpm)
         body["rate_limits"] = {"rpm": eff.rpm, "tpm": eff.tpm, "now": {
             name: msgspec.to_builtins(g) for name, g in rl.gauges(await rl.state(rate_scope.key), rate_scope).items()}}
         own = []
-        for k in keys.list(tenant, team):
+        for k in self.keys.list(tenant, team):
             lim = k.limits
             if lim is None or (lim.daily_usd is None and lim.monthly_usd is None):
                 continue
             kscope = Scope(key=key_scope_key(k.id), thresholds=eff.thresholds,
-                           daily=None if lim.daily_usd is None else to_nano(lim.daily_usd),
-                           monthly=None if lim.monthly_usd is None else to_nano(lim.monthly_usd))
+                           daily=_nano(lim.daily_usd), monthly=_nano(lim.monthly_usd))
             own.append({"key_id": k.id, "display": f"{k.prefix}…{k.last4}",
                         **view(await store.counter(kscope.key), kscope, now)})
         body["keys"] = own
-        return _json(body)
+        return json_response(body)
 
-    return router
+
+def _nano(usd: float | None) -> int | None:
+    return None if usd is None else to_nano(usd)
+
+
+def _implicit_team(tenant: str, name: str) -> dict:
+    """A team that only keys name: it has no record, so every setting is the default."""
+    return {"object": "team", "tenant": tenant, "name": name, "settings": {}, "implicit": True}
 
 
 def _settings(base: TeamSettings, patch: dict) -> TeamSettings:

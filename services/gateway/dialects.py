@@ -1,9 +1,9 @@
 """Ingress dialects: the wire shapes a client speaks, over one pipeline.
 
-A dialect parses a client's body into the canonical ``ChatRequest`` and
-renders terminal events, errors and stream chunks back in that client's
-format. The gateway's sync, streaming, deadline and cancellation logic is the
-same for all of them.
+A dialect parses a client's body into the canonical ``ChatRequest`` (and, for
+embeddings, the ``EmbeddingRequest`` the event carries) and renders terminal
+events, errors and stream chunks back in that client's format. The gateway's
+sync, streaming, deadline and cancellation logic is the same for all of them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import msgspec
 
 from services.gateway import anthropic_format as anthropic
 from services.gateway import handlers as h
-from shared.canonical import ChatRequest, StreamChunk
+from shared.canonical import ChatRequest, EmbeddingRequest, StreamChunk
 from shared.errors import ErrorInfo
 from shared.events import ChunkMessage, CompletionRequested, CompletionSucceeded
 from shared.openai_format import render_chunk, render_completion, render_embeddings, render_usage_chunk
@@ -37,7 +37,7 @@ class Dialect(Protocol):
 
     api: str
 
-    def parse(self, body: bytes, max_bytes: int) -> ChatRequest: ...
+    def parse(self, body: bytes, max_bytes: int) -> tuple[ChatRequest, EmbeddingRequest | None]: ...
 
     def success(self, term: CompletionSucceeded) -> dict[str, Any]: ...
 
@@ -77,8 +77,8 @@ class OpenAIChat:
 
     api = "chat.completions"
 
-    def parse(self, body: bytes, max_bytes: int) -> ChatRequest:
-        return h.parse_chat_request(body, max_bytes)
+    def parse(self, body: bytes, max_bytes: int) -> tuple[ChatRequest, None]:
+        return h.parse_chat_request(body, max_bytes), None
 
     def success(self, term: CompletionSucceeded) -> dict[str, Any]:
         return render_completion(term)
@@ -114,8 +114,8 @@ class AnthropicMessages:
 
     api = "messages"
 
-    def parse(self, body: bytes, max_bytes: int) -> ChatRequest:
-        return anthropic.parse_messages_request(body, max_bytes)
+    def parse(self, body: bytes, max_bytes: int) -> tuple[ChatRequest, None]:
+        return anthropic.parse_messages_request(body, max_bytes), None
 
     def success(self, term: CompletionSucceeded) -> dict[str, Any]:
         body = anthropic.render_message(term.response, term.request_id, term.target.model)
@@ -133,8 +133,10 @@ class OpenAIEmbeddings:
 
     api = "embeddings"
 
-    def parse(self, body: bytes, max_bytes: int) -> ChatRequest:
-        return h.embedding_prompt(h.parse_embedding_request(body, max_bytes))
+    def parse(self, body: bytes, max_bytes: int) -> tuple[ChatRequest, EmbeddingRequest]:
+        # The inputs as a prompt, for admission and redaction; the request itself, for the provider.
+        embedding = h.parse_embedding_request(body, max_bytes)
+        return h.embedding_prompt(embedding), embedding
 
     def success(self, term: CompletionSucceeded) -> dict[str, Any]:
         return render_embeddings(term)

@@ -23,7 +23,6 @@ from shared.events import (
 _request_decoder = msgspec.json.Decoder(ChatRequest)
 _embedding_decoder = msgspec.json.Decoder(EmbeddingRequest)
 _PATH = re.compile(r"at `\$(.*)`")
-SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class _Ids:

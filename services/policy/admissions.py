@@ -34,8 +34,8 @@ import msgspec
 from msgspec import Struct
 from nats.js.kv import KeyValue
 
-from services.policy.budgets import Scope
-from services.policy.kv import Codec, cas, create_or_read, read
+from shared.state.budgets import Scope
+from shared.state.kv import Codec, cas, create_or_read, read
 
 State = Literal["open", "settling", "closed"]
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -38,12 +37,9 @@ from typing import Any, Callable, Protocol
 import msgspec
 
 from services.policy.admissions import AdmissionRecord, AdmissionStore
-from services.policy.budgets import BudgetRefused, BudgetStore, Scope, iso, to_nano, to_usd
-from services.policy.ratelimit import RateLimiter, RateRefused, RateScope, headers
 from services.policy.sensitivity import allowed_providers, effective_class
 from services.policy.settings import PolicySettings
-from services.policy.teams import TeamRecord, TeamStore
-from shared.auth import SAFE_KEY_ID, SAFE_NAME, KeyRecord, KeyRing
+from shared.auth import KeyRecord, KeyRing
 from shared.canonical import ChatRequest, estimate_prompt_tokens, prompt_text
 from shared.catalog import Catalog, ModelSpec, is_auto
 from shared.errors import (
@@ -75,11 +71,15 @@ from shared.events import (
     TerminalEvent,
     terminal_id,
 )
-from shared.pricing import PER_TOKEN, estimate_max_cost_usd
+from shared.ids import SAFE_KEY_ID, SAFE_NAME, SAFE_REQUEST_ID
+from shared.pricing import estimate_cost_usd, estimate_max_cost_usd, output_cap
+from shared.state.budgets import BudgetRefused, BudgetStore, Scope, iso, to_nano, to_usd
+from shared.state.ratelimit import RateLimiter, RateRefused, RateScope, headers
+from shared.state.scopes import key_scope_key, team_scope_key
+from shared.state.teams import Effective, TeamStore, effective
 
 log = logging.getLogger("switchyard.policy")
 
-SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Failed attempts that may have been billed: the worker reports their cost, and the router ends the request.
 BILLED_OUTCOMES = frozenset({"stream_broken", "cancelled"})
 
@@ -129,50 +129,6 @@ class Refused(Exception):
     def __init__(self, info: ErrorInfo) -> None:
         super().__init__(info.message)
         self.info = info
-
-
-@dataclass(frozen=True)
-class Effective:
-    """A team's settings with the policy defaults filled in."""
-
-    pii_action: str
-    risk_action: str
-    risk_threshold: float
-    data_class: str
-    store_text: bool
-    thresholds: list[float]
-    daily_usd: float | None = None
-    monthly_usd: float | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-    allowed_models: list[str] | None = None
-    allowed_providers: list[str] | None = None
-
-
-def effective(team: TeamRecord | None, s: PolicySettings) -> Effective:
-    t = team.settings if team is not None else None
-
-    def pick(name: str, default: Any) -> Any:
-        value = getattr(t, name) if t is not None else None
-        return default if value is None else value
-
-    return Effective(
-        pii_action=pick("pii_action", s.pii_action), risk_action=pick("risk_action", s.risk_action),
-        risk_threshold=pick("risk_threshold", s.risk_block_threshold if pick("risk_action", s.risk_action) == "block"
-                            else s.risk_flag_threshold),
-        data_class=pick("data_class", s.data_class),
-        store_text=pick("store_text", False), thresholds=list(pick("alert_thresholds", s.alert_thresholds)),
-        daily_usd=pick("daily_budget_usd", None), monthly_usd=pick("monthly_budget_usd", None),
-        rpm=pick("rpm", None), tpm=pick("tpm", None), allowed_models=pick("allowed_models", None),
-        allowed_providers=pick("allowed_providers", None))
-
-
-def team_scope_key(tenant: str, team: str) -> str:
-    return f"team.{tenant}.{team}"
-
-
-def key_scope_key(key_id: str) -> str:
-    return f"key.{key_id}"
 
 
 def budget_scopes(tenant: str, team: str, key: KeyRecord, eff: Effective) -> list[Scope]:
@@ -247,17 +203,14 @@ def check_allowed_model(model: str, *lists: list[str] | None) -> list[str] | Non
 
 def output_tokens(request: ChatRequest, model: ModelSpec) -> int:
     """The most output tokens the request can produce on ``model`` (all ``n`` choices)."""
-    cap = min(request.output_cap() or model.max_output_tokens, model.max_output_tokens)
-    return cap * (request.n or 1)
+    return output_cap(model, request.output_cap()) * (request.n or 1)
 
 
 def max_cost_usd(request: ChatRequest, models: list[ModelSpec], prompt_tokens: int, margin: float = 1.0) -> float:
     """The estimated maximum cost over every model the request may run on (a fallback may be dearer)."""
     worst = 0.0
     for m in models:
-        cost = estimate_max_cost_usd(m, prompt_tokens, request.output_cap())
-        extra = output_tokens(request, m) - min(request.output_cap() or m.max_output_tokens, m.max_output_tokens)
-        worst = max(worst, cost + extra * m.output_per_mtok * PER_TOKEN)
+        worst = max(worst, estimate_max_cost_usd(m, prompt_tokens, request.output_cap(), request.n or 1))
     return worst * margin
 
 
@@ -270,7 +223,7 @@ def estimate(request: ChatRequest, models: list[ModelSpec], generates: bool = Tr
     if prompt_tokens is None:
         prompt_tokens = estimate_prompt_tokens(request)
     if not generates:
-        cost = max(prompt_tokens * m.input_per_mtok * PER_TOKEN for m in unique)
+        cost = max(estimate_cost_usd(m, prompt_tokens, output_tokens=0) for m in unique)
         return to_nano(cost, up=True), prompt_tokens
     amount = to_nano(max_cost_usd(request, unique, prompt_tokens), up=True)
     return amount, prompt_tokens + max(output_tokens(request, m) for m in unique)

@@ -4,13 +4,14 @@ Two durable consumers, each shared by every policy replica: ``policy`` admits
 or denies requested completions; ``policy-settle`` reads ``sy.evt.done.>``
 (every terminal event, whichever gateway it goes to) and
 ``sy.evt.attempt_failed`` (attempts that were billed although they failed) to
-settle or release budget reservations. All shared state is in KV buckets:
+settle or release budget reservations. All shared state is in KV buckets
+(declared in ``shared.state.buckets``):
 
     sy_keys         API keys (shared.auth)
-    sy_teams        team settings (teams.py)
-    sy_budgets      budget counters per team / key (budgets.py)
-    sy_ratelimits   GCRA state per team / key (ratelimit.py)
-    sy_admissions   one record per admitted request (admissions.py)
+    sy_teams        team settings (shared.state.teams)
+    sy_budgets      budget counters per team / key (shared.state.budgets)
+    sy_ratelimits   GCRA state per team / key (shared.state.ratelimit)
+    sy_admissions   one record per admitted request (admissions.py, policy's own)
 """
 
 from __future__ import annotations
@@ -21,25 +22,18 @@ import logging
 
 from services.runtime import Deps
 from services.policy.admissions import AdmissionStore
-from services.policy.budgets import BudgetStore
 from services.policy.handlers import PolicyDeps, admit_or_fail_closed, charge, settle
 from services.policy.metrics import PolicyMetrics
-from services.policy.ratelimit import RateLimiter
-from services.policy.teams import TeamStore
-from shared.bus import Bucket, Delivery, Subscription
-from shared.events import AnyEvent, AttemptFailed, CompletionRequested, Event
+from shared.bus import Delivery, Subscription
+from shared.events import ATTEMPT_FAILED, DONE_ALL, REQUESTED, AnyEvent, AttemptFailed, CompletionRequested, Event
 from shared.lifecycle import poison, with_deadline
+from shared.state.buckets import ADMISSIONS
 
 log = logging.getLogger("switchyard.policy")
 
 DURABLE = "policy"
 SETTLE_DURABLE = "policy-settle"
-SETTLE_SUBJECTS = ("sy.evt.done.>", "sy.evt.attempt_failed")
-
-TEAMS = Bucket("sy_teams", history=1, description="teams and their governance settings")
-BUDGETS = Bucket("sy_budgets", history=1, description="budget counters and open reservations per team / key")
-RATES = Bucket("sy_ratelimits", history=1, ttl_s=120, description="GCRA rate-limit state per team / key")
-ADMISSIONS = Bucket("sy_admissions", history=1, ttl_s=86400, description="what admission took, per request")
+SETTLE_SUBJECTS = (DONE_ALL, ATTEMPT_FAILED)
 
 
 def _optional(module: str):
@@ -52,14 +46,13 @@ def _optional(module: str):
 
 
 async def policy_deps(deps: Deps) -> PolicyDeps:
-    """The policy's stores on this process's bus (also used by the admin API)."""
-    s, bus = deps.settings.policy, deps.bus
+    """What admission and settlement use: the process's shared stores (the admin API reads the same ones) and
+    policy's own admission records."""
+    s, stores = deps.settings.policy, deps.stores
     return PolicyDeps(
         settings=s, catalog=deps.catalog, keyring=deps.keyring,
-        teams=TeamStore(await bus.kv(TEAMS)),
-        limiter=RateLimiter(await bus.kv(RATES), cas_timeout_s=s.cas_timeout_s),
-        budgets=BudgetStore(await bus.kv(BUDGETS), cas_timeout_s=s.cas_timeout_s),
-        admissions=AdmissionStore(await bus.kv(ADMISSIONS), cas_timeout_s=s.cas_timeout_s),
+        teams=await stores.teams(), limiter=await stores.limiter(), budgets=await stores.budgets(),
+        admissions=AdmissionStore(await deps.bus.kv(ADMISSIONS), cas_timeout_s=s.cas_timeout_s),
         pii=_optional("services.policy.pii"), risk=_optional("services.policy.risk"))
 
 
@@ -67,7 +60,7 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     s = deps.settings.policy
     pdeps = await policy_deps(deps)
     metrics = PolicyMetrics(deps.telemetry.metrics.registry)
-    admit_sub = Subscription(DURABLE, ("sy.evt.requested",), s.consumer)
+    admit_sub = Subscription(DURABLE, (REQUESTED,), s.consumer)
     settle_sub = Subscription(SETTLE_DURABLE, SETTLE_SUBJECTS, s.settle_consumer)
 
     async def on_requested(event: CompletionRequested, delivery: Delivery) -> list[Event]:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 
 from services.router import draws
-from services.router.health import HealthView
 from services.router.scoring import Candidate, Weights, score
+from shared.state.health import HealthView
 
 
 def sample(cands: list[Candidate], weights: Weights, view: HealthView, task: str, key: str) -> dict[str, float]:

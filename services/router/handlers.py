@@ -46,7 +46,6 @@ import msgspec
 
 from services.router import balancing, bandit, draws
 from services.router.classifier import classify
-from services.router.health import HealthView, add_dispatch
 from services.router.hints import Hints, parse_hints
 from services.router.rules import match_route, pick_variant, sticky_key, variant_name
 from services.router.scoring import (
@@ -77,6 +76,7 @@ from shared.events import (
     terminal_id,
 )
 from shared.lifecycle import expired
+from shared.state.health import HealthView, add_dispatch
 
 BREAKER_REASONS = frozenset({"circuit_open", "forced_open", "half_open_busy", "breaker_unavailable"})
 CLIENT_REASONS = frozenset({"capability", "context_window", "max_cost", "max_latency", "provider_not_allowed",

@@ -28,10 +28,9 @@ import msgspec
 
 from services.runtime import Deps
 from services.router.handlers import RouterDeps, on_attempt_failed, route
-from services.router.health import HealthStore
 from shared.bus import Delivery, Subscription
 from shared.errors import Defer
-from shared.events import AnyEvent, AttemptDispatched, Event, RequestAdmitted
+from shared.events import ADMITTED, ATTEMPT_FAILED, AnyEvent, AttemptDispatched, Event, RequestAdmitted
 from shared.lifecycle import poison, with_deadline
 from shared.settings import ConsumerSettings
 from shared.telemetry import Metrics
@@ -39,7 +38,7 @@ from shared.telemetry import Metrics
 log = logging.getLogger("switchyard.router")
 
 DURABLE = "router"
-SUBJECTS = ("sy.evt.admitted", "sy.evt.attempt_failed")
+SUBJECTS = (ADMITTED, ATTEMPT_FAILED)
 
 
 class Router:
@@ -96,7 +95,7 @@ class Router:
 async def run(deps: Deps, arg: str | None = None) -> None:
     s = deps.settings.router
     metrics = deps.telemetry.metrics
-    health = await HealthStore.open(deps.bus, role="router", settings=s, catalog=deps.catalog, metrics=metrics)
+    health = await deps.stores.open_health("router")
     deps.on_stop.append(health.close)
     rdeps = RouterDeps(settings=s, catalog=deps.catalog, health=health, instance=f"router-{uuid.uuid4().hex[:8]}")
     router = Router(rdeps, metrics, s.consumer)

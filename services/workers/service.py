@@ -16,13 +16,21 @@ from typing import AsyncIterator
 from services.runtime import Deps
 from services.workers.adapters import adapter_class
 from services.workers.adapters.transport import AiohttpTransport
-from services.router.health import HealthStore
 from services.workers.handlers import WorkerDeps, attempt
 from shared.bus import Delivery, Subscription
 from shared.catalog import ProviderSpec
-from shared.events import AttemptDispatched, ChunkMessage, Event, cancel_subject, chunk_encoder, chunk_subject
-from shared.jobs import JOBS, get_job
+from shared.events import (
+    AttemptDispatched,
+    ChunkMessage,
+    Event,
+    attempt_subject,
+    cancel_subject,
+    chunk_encoder,
+    chunk_subject,
+)
 from shared.lifecycle import poison, with_deadline
+from shared.state.buckets import JOBS
+from shared.state.jobs import get_job
 
 log = logging.getLogger("switchyard.workers")
 
@@ -90,8 +98,7 @@ async def run(deps: Deps, arg: str | None = None) -> None:
         return record is not None and record.status == "cancelled"
 
     # The shared circuit breakers (JetStream KV): refuse calls to open deployments, record every outcome.
-    health = await HealthStore.open(deps.bus, role="worker", settings=deps.settings.router, catalog=catalog,
-                                    metrics=deps.telemetry.metrics)
+    health = await deps.stores.open_health("worker")
     deps.on_stop.append(health.close)
     relay = NatsChunkRelay(deps.bus)
     await relay.start()
@@ -108,7 +115,7 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     loops = []
     for n in names:
         cs = s.consumer.model_copy(update={"concurrency": catalog.providers[n].max_in_flight})
-        sub = Subscription(durable(n), (f"sy.evt.attempt.{n}",), cs)
+        sub = Subscription(durable(n), (attempt_subject(n),), cs)
         await deps.bus.ensure_consumer(sub)
         loops.append(deps.bus.consume(f"worker:{n}", sub, with_deadline(handle), on_poison=poison))
     deps.ready["worker" + (f":{arg}" if arg else "")] = True

@@ -6,22 +6,24 @@ default data class, and whether audit may keep completion text. A setting
 left unset falls back to the policy defaults (``SWITCHYARD_POLICY__*``); a
 team without a record (e.g. one only named by a configured key) has every
 default. Policy reads the record at each admission, so an update applies to
-the next request on every replica.
+the next request on every replica. ``effective`` fills in those defaults, for
+admission and for the admin API's budget view alike.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Callable, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Literal, Protocol
 
 import msgspec
 from msgspec import Meta, Struct
 from nats.js.kv import KeyValue
 
-from services.policy.kv import Codec, cas, kv_get, read
-from shared.auth import check_name
 from shared.catalog import DataClass
 from shared.errors import ServiceUnavailable
+from shared.ids import check_name
+from shared.state.kv import Codec, cas, kv_get, read
 
 PiiAction = Literal["redact", "block", "allow"]
 RiskAction = Literal["allow", "flag", "block"]
@@ -88,13 +90,66 @@ class TeamExists(Exception):
     """A team of that name exists already."""
 
 
+class TeamDefaults(Protocol):
+    """The defaults a team without its own setting gets (policy's settings, ``SWITCHYARD_POLICY__*``)."""
+
+    pii_action: str
+    risk_action: str
+    risk_flag_threshold: float
+    risk_block_threshold: float
+    data_class: str
+    alert_thresholds: list[float]
+
+
+@dataclass(frozen=True)
+class Effective:
+    """A team's settings with the policy defaults filled in."""
+
+    pii_action: str
+    risk_action: str
+    risk_threshold: float
+    data_class: str
+    store_text: bool
+    thresholds: list[float]
+    daily_usd: float | None = None
+    monthly_usd: float | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    allowed_models: list[str] | None = None
+    allowed_providers: list[str] | None = None
+
+
+def effective(team: TeamRecord | None, s: TeamDefaults) -> Effective:
+    """The team's own settings where it has them, the defaults ``s`` otherwise (no record: every default)."""
+    t = team.settings if team is not None else None
+
+    def pick(name: str, default: Any) -> Any:
+        value = getattr(t, name) if t is not None else None
+        return default if value is None else value
+
+    return Effective(
+        pii_action=pick("pii_action", s.pii_action), risk_action=pick("risk_action", s.risk_action),
+        risk_threshold=pick("risk_threshold", s.risk_block_threshold if pick("risk_action", s.risk_action) == "block"
+                            else s.risk_flag_threshold),
+        data_class=pick("data_class", s.data_class),
+        store_text=pick("store_text", False), thresholds=list(pick("alert_thresholds", s.alert_thresholds)),
+        daily_usd=pick("daily_budget_usd", None), monthly_usd=pick("monthly_budget_usd", None),
+        rpm=pick("rpm", None), tpm=pick("tpm", None), allowed_models=pick("allowed_models", None),
+        allowed_providers=pick("allowed_providers", None))
+
+
 class TeamStore:
     """Team records in KV."""
 
-    def __init__(self, kv: KeyValue | None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, kv: KeyValue | None, *, clock: Callable[[], float] = time.time,
+                 cas_timeout_s: float = 5.0) -> None:
         self.kv = kv
         self.clock = clock
         self.codec = Codec(TeamRecord)
+        self.cas_timeout_s = cas_timeout_s
+
+    async def _cas(self, key: str, change):
+        return await cas(self.kv, key, self.codec, change, timeout_s=self.cas_timeout_s, what="team store")
 
     async def get(self, tenant: str, team: str) -> TeamRecord | None:
         return await read(self.kv, team_key(tenant, team), self.codec, "team store")
@@ -107,7 +162,7 @@ class TeamStore:
         def change(current: TeamRecord | None):
             return (None, None) if current is not None else (record, record)
 
-        made = await cas(self.kv, team_key(tenant, team), self.codec, change, what="team store")
+        made = await self._cas(team_key(tenant, team), change)
         if made is None:
             raise TeamExists(f"team {tenant}/{team} exists already")
         return made
@@ -129,7 +184,7 @@ class TeamStore:
                                           description=current.description if description is None else description)
             return rec, rec
 
-        return await cas(self.kv, team_key(tenant, team), self.codec, change, what="team store")
+        return await self._cas(team_key(tenant, team), change)
 
     async def list(self, tenant: str) -> list[TeamRecord]:
         prefix = f"{check_name(tenant, 'tenant')}."

@@ -46,7 +46,8 @@ import msgspec
 from msgspec import Struct
 from nats.js.kv import KeyValue
 
-from services.policy.kv import Codec, cas, read, scope_label
+from shared.state.kv import Codec, cas, read
+from shared.state.scopes import scope_label
 
 NANO = 1_000_000_000
 PERIODS = ("daily", "monthly")

@@ -15,18 +15,20 @@ replicas at once and stays until reset.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Literal
+from typing import Awaitable, Callable, Literal
 
 import msgspec
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 from msgspec import Struct
 
-from services.router.health import HealthStore, deployment_index
+from services.gateway.web import principal_of
+from services.ops import json_response
+from shared.auth import KeyStore
+from shared.catalog import Catalog
 from shared.errors import InvalidRequest, NotFound, PermissionDenied
-
-if TYPE_CHECKING:
-    from services.gateway.app import Gateway
+from shared.state.health import HealthStore, deployment_index
+from shared.state.stores import Stores
 
 
 class BreakerAction(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -37,38 +39,35 @@ class BreakerAction(Struct, kw_only=True, forbid_unknown_fields=True):
     provider: str | None = None
 
 
-def _json(body: object, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(body), status_code=status, media_type="application/json")
+class HealthApi:
+    """The provider-health endpoints, over this gateway's watched health store (opened on first use)."""
 
+    def __init__(self, keyring: KeyStore, catalog: Catalog, stores: Stores,
+                 on_stop: list[Callable[[], Awaitable[None]]]) -> None:
+        self.keys = keyring
+        self.catalog = catalog
+        self.stores = stores
+        self.on_stop = on_stop  # the process's shutdown steps: the store, once opened, is closed with them
+        self._opened: HealthStore | None = None
+        self._lock = asyncio.Lock()
 
-def provider_routes(gw: "Gateway") -> APIRouter:
-    """The provider-health endpoints bound to one gateway (its principal lookup, bus and catalog)."""
-    router = APIRouter(tags=["providers"])
-    deps = gw.deps
-    catalog = deps.catalog
-    opened: list[HealthStore] = []
-    lock = asyncio.Lock()
+    async def _store(self) -> HealthStore:
+        async with self._lock:
+            if self._opened is None:
+                health = await self.stores.open_health("gateway")
+                self.on_stop.append(health.close)
+                self._opened = health
+        return self._opened
 
-    async def store() -> HealthStore:
-        async with lock:
-            if not opened:
-                health = await HealthStore.open(deps.bus, role="gateway", settings=deps.settings.router,
-                                                catalog=catalog, metrics=deps.telemetry.metrics)
-                deps.on_stop.append(health.close)
-                opened.append(health)
-        return opened[0]
-
-    @router.get("/v1/providers/status", summary="Live health per deployment: breakers, errors, latency, load")
-    async def status(request: Request, provider: str | None = None, model: str | None = None) -> Response:
-        gw.principal(request)
-        health = await store()
-        rows = [r for r in health.status(catalog)
+    async def status(self, request: Request, provider: str | None = None, model: str | None = None) -> Response:
+        principal_of(self.keys, request)
+        health = await self._store()
+        rows = [r for r in health.status(self.catalog)
                 if (provider is None or r["provider"] == provider) and (model is None or r["model"] == model)]
-        return _json({"object": "list", "data": rows})
+        return json_response({"object": "list", "data": rows})
 
-    @router.post("/v1/providers/breaker", summary="Force a breaker open or closed, or reset it (admin)")
-    async def breaker(request: Request) -> Response:
-        principal = gw.principal(request)
+    async def breaker(self, request: Request) -> Response:
+        principal = principal_of(self.keys, request)
         if principal.role != "admin":
             raise PermissionDenied("only admin keys may operate circuit breakers")
         try:
@@ -77,7 +76,7 @@ def provider_routes(gw: "Gateway") -> APIRouter:
             raise InvalidRequest(str(exc)) from None
         except msgspec.DecodeError as exc:
             raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-        index = deployment_index(catalog)
+        index = deployment_index(self.catalog)
         if (body.deployment is None) == (body.provider is None):
             raise InvalidRequest("name exactly one of deployment or provider", param="deployment")
         if body.deployment is not None:
@@ -88,11 +87,9 @@ def provider_routes(gw: "Gateway") -> APIRouter:
             names = sorted(d for d, (p, _) in index.items() if p == body.provider)
             if not names:
                 raise NotFound(f"No provider '{body.provider}' in the catalog.", param="provider")
-        health = await store()
+        health = await self._store()
         by = f"operator:{principal.key_id}"
         for name in names:
             await health.operate(name, body.action, by=by)
-        rows = [r for r in health.status(catalog) if r["deployment"] in names]
-        return _json({"object": "list", "data": rows})
-
-    return router
+        rows = [r for r in health.status(self.catalog) if r["deployment"] in names]
+        return json_response({"object": "list", "data": rows})

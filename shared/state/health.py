@@ -36,25 +36,23 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, TypeVar
 
 import msgspec
 from msgspec import Struct
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from services.router import breakers as b
-from services.router.breakers import BreakerRecord, Permit
-from services.router.settings import BreakerSettings, HealthSettings, RouterSettings
-from shared.bus import Bucket
 from shared.catalog import Catalog
 from shared.events import Target
+from shared.state import breakers as b
+from shared.state.breakers import BreakerRecord, Permit
+from shared.state.buckets import BREAKERS, HEALTH
+from shared.state.kv import Codec, Known, cas, kv_get
+from shared.state.settings import BreakerSettings, HealthSettings
 
 log = logging.getLogger("switchyard.health")
 
-BREAKERS = Bucket("sy_breakers", history=1, description="circuit breaker state per deployment")
-HEALTH = Bucket("sy_health", history=1, ttl_s=600,
-                description="observed outcomes, latency and in-flight calls per deployment and process; retry budgets")
+R = TypeVar("R")
 
 # Outcome classes (ErrorInfo.outcome) as the breaker counts them.
 SUCCESS = "success"
@@ -119,6 +117,7 @@ class BudgetRecord(Struct, kw_only=True, omit_defaults=True):
     buckets: list[tuple[int, int, int]] = msgspec.field(default_factory=list)  # (epoch second, firsts, retries)
 
 
+BREAKER_CODEC: Codec[BreakerRecord] = Codec(BreakerRecord)
 _obs_dec = msgspec.json.Decoder(ObsRecord)
 _budget_dec = msgspec.json.Decoder(BudgetRecord)
 _enc = msgspec.json.Encoder()
@@ -288,16 +287,18 @@ class HealthView:
 class HealthStore:
     """This process's access to shared health: a watched cache, its own records, compare-and-set transitions."""
 
-    def __init__(self, breakers_kv: KeyValue, health_kv: KeyValue, *, writer: str, settings: RouterSettings,
-                 catalog: Catalog | None = None, metrics=None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, breakers_kv: KeyValue, health_kv: KeyValue, *, writer: str, breaker: BreakerSettings,
+                 health: HealthSettings, retry_budget_window_s: float, catalog: Catalog | None = None, metrics=None,
+                 clock: Callable[[], float] = time.time, cas_timeout_s: float = 5.0) -> None:
         self.breakers_kv = breakers_kv
         self.health_kv = health_kv
         self.writer = writer
-        self.settings = settings
-        self.hs = settings.health
-        self.configs = BreakerConfigs(settings.breaker, catalog)
+        self.hs = health
+        self.retry_budget_window_s = retry_budget_window_s
+        self.configs = BreakerConfigs(breaker, catalog)
         self.metrics = metrics
         self.clock = clock
+        self.cas_timeout_s = cas_timeout_s
         self._brk: dict[str, BreakerRecord] = {}
         self._rev: dict[str, int] = {}
         self._obs: dict[str, dict[str, ObsRecord]] = {}
@@ -311,10 +312,12 @@ class HealthStore:
         self._view = HealthView(self._brk, self._obs, self._budgets, self.configs, self.hs)
 
     @classmethod
-    async def open(cls, bus, *, role: str, settings: RouterSettings, catalog: Catalog | None = None,
-                   metrics=None, clock: Callable[[], float] = time.time) -> "HealthStore":
-        store = cls(await bus.kv(BREAKERS), await bus.kv(HEALTH), writer=new_writer(role), settings=settings,
-                    catalog=catalog, metrics=metrics, clock=clock)
+    async def open(cls, bus, *, role: str, breaker: BreakerSettings, health: HealthSettings,
+                   retry_budget_window_s: float, catalog: Catalog | None = None, metrics=None,
+                   clock: Callable[[], float] = time.time, cas_timeout_s: float = 5.0) -> "HealthStore":
+        store = cls(await bus.kv(BREAKERS), await bus.kv(HEALTH), writer=new_writer(role), breaker=breaker,
+                    health=health, retry_budget_window_s=retry_budget_window_s, catalog=catalog, metrics=metrics,
+                    clock=clock, cas_timeout_s=cas_timeout_s)
         await store.start()
         return store
 
@@ -376,7 +379,7 @@ class HealthStore:
                 if deleted:
                     self._set_breaker(dep, BreakerRecord(), None)
                 elif entry.revision > self._rev.get(dep, 0):
-                    self._set_breaker(dep, b.record_decoder.decode(entry.value), entry.revision)
+                    self._set_breaker(dep, BREAKER_CODEC.decode(entry.value), entry.revision)
                 return
             tok, _, writer = rest.partition(".")
             if writer == self.writer:
@@ -437,7 +440,7 @@ class HealthStore:
         new, permit = b.acquire(self._brk.get(dep, BreakerRecord()), now, cfg, self.writer)
         if new is not None:
             try:
-                permit = await self._cas_acquire(dep, cfg)
+                permit = await self._transition(dep, lambda r: b.acquire(r, self.clock(), cfg, self.writer))
             except Exception as exc:  # noqa: BLE001 - the state is unknown: do not call
                 log.warning("breaker %s unreadable, refusing the call: %r", dep, exc)
                 permit = Permit(granted=False, state=b.HALF_OPEN, reason="breaker_unavailable")
@@ -448,14 +451,6 @@ class HealthStore:
             if own.in_flight == 1:
                 self._kick.set()
         return permit
-
-    async def _cas_acquire(self, dep: str, cfg: BreakerSettings) -> Permit:
-        for _ in range(16):
-            rec = self._brk.get(dep, BreakerRecord())
-            new, permit = b.acquire(rec, self.clock(), cfg, self.writer)
-            if new is None or await self._store(dep, new):
-                return permit
-        raise RuntimeError("too much contention on the breaker record")
 
     async def record(self, target: Target, permit: Permit, outcome: str, latency_ms: float,
                      task: str | None = None, cost_usd: float = 0.0) -> None:
@@ -512,48 +507,34 @@ class HealthStore:
 
     # ---- transitions -------------------------------------------------------------------------
 
-    async def _store(self, dep: str, new: BreakerRecord) -> bool:
-        """Compare-and-set against the cached revision; on conflict reload and report False."""
-        key = f"brk.{token(dep)}"
-        rev = self._rev.get(dep)
-        try:
-            if rev is None:
-                revision = await self.breakers_kv.create(key, b.record_encoder.encode(new))
-            else:
-                revision = await self.breakers_kv.update(key, b.record_encoder.encode(new), last=rev)
-        except KeyWrongLastSequenceError:
-            await self._reload(dep)
-            return False
-        except Exception as exc:  # noqa: BLE001 - create() on an existing key raises a generic API error
-            text = str(exc).lower()
-            if "wrong last sequence" in text or "key exists" in text:
-                await self._reload(dep)
-                return False
-            raise
-        self._set_breaker(dep, new, revision)
-        return True
+    async def _transition(self, dep: str, step: Callable[[BreakerRecord], tuple[BreakerRecord | None, R]]) -> R:
+        """Compare-and-set on the shared record, starting from the watched copy (a conflict reads KV).
+
+        The record this process writes is in its cache at once, before the watch brings it back.
+        """
+        known = Known(self._brk.get(dep), self._rev.get(dep))
+        return await cas(self.breakers_kv, f"brk.{token(dep)}", BREAKER_CODEC, lambda r: step(r or BreakerRecord()),
+                         timeout_s=self.cas_timeout_s, what="breaker store", known=known,
+                         written=lambda new, revision: self._set_breaker(dep, new, revision))
 
     async def _reload(self, dep: str) -> None:
-        try:
-            entry = await self.breakers_kv.get(f"brk.{token(dep)}")
-        except KeyNotFoundError:
+        """Bring the cached record up to date from KV now, without waiting for the watch."""
+        entry = await kv_get(self.breakers_kv, f"brk.{token(dep)}", "breaker store")
+        if entry is None:
             self._set_breaker(dep, BreakerRecord(), None)
-            return
-        if entry.value:
-            self._set_breaker(dep, b.record_decoder.decode(entry.value), entry.revision)
+        elif entry.value:
+            self._set_breaker(dep, BREAKER_CODEC.decode(entry.value), entry.revision)
         else:
             self._rev[dep] = entry.revision
 
     async def _cas(self, dep: str, change: Callable[[BreakerRecord], BreakerRecord | None]) -> BreakerRecord:
         """Apply ``change`` to the shared record with compare-and-set; returns the record stored afterwards."""
-        for _ in range(16):
-            rec = self._brk.get(dep, BreakerRecord())
+
+        def step(rec: BreakerRecord) -> tuple[BreakerRecord | None, BreakerRecord]:
             new = change(rec)
-            if new is None:
-                return rec
-            if await self._store(dep, new):
-                return new
-        raise RuntimeError(f"too much contention on the breaker of {dep}")
+            return new, rec if new is None else new
+
+        return await self._transition(dep, step)
 
     async def operate(self, deployment: str, action: str, by: str = "operator") -> BreakerRecord:
         """An operator's ``force_open`` / ``force_closed`` / ``reset``."""
@@ -566,7 +547,7 @@ class HealthStore:
 
     def note_dispatch(self, deployment: str, kind: str, now: float) -> None:
         """Count a dispatch for the retry budget: ``first`` (incl. fallbacks arriving) or ``retry``."""
-        add_dispatch(self._budgets, self.writer, deployment, kind, now, self.settings.retry_budget_window_s)
+        add_dispatch(self._budgets, self.writer, deployment, kind, now, self.retry_budget_window_s)
         self._dirty_budget.add(deployment)
 
     # ---- publishing our own records ----------------------------------------------------------

@@ -36,7 +36,8 @@ from typing import Callable
 from msgspec import Struct
 from nats.js.kv import KeyValue
 
-from services.policy.kv import Codec, cas, read, scope_label
+from shared.state.kv import Codec, cas, read
+from shared.state.scopes import scope_label
 
 WINDOW_S = 60.0
 EPSILON = 1e-6  # float slack, so L requests at one instant all fit

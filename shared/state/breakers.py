@@ -22,7 +22,7 @@ States and transitions (after resilience4j's CircuitBreaker)::
 - FORCED_OPEN refuses everything, FORCED_CLOSED permits everything and never
   trips (resilience4j's DISABLED), until an operator resets it.
 
-The record is what JetStream KV holds per deployment (``services.router.health``
+The record is what JetStream KV holds per deployment (``shared.state.health``
 applies these functions with compare-and-set, so all replicas share one
 breaker); ``Breaker`` applies them to one in-memory window, the reference the
 unit tests drive call by call with an injected clock.
@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Sequence
 import msgspec
 from msgspec import Struct
 
-from services.router.settings import BreakerSettings
+from shared.state.settings import BreakerSettings
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 FORCED_OPEN, FORCED_CLOSED = "forced_open", "forced_closed"
@@ -65,10 +65,6 @@ class Permit(Struct, frozen=True, kw_only=True, omit_defaults=True):
     probe: bool = False
     state: str = CLOSED  # the state that decided
     reason: str = ""  # why a call was refused
-
-
-record_encoder = msgspec.json.Encoder()
-record_decoder = msgspec.json.Decoder(BreakerRecord)
 
 
 def effective_state(rec: BreakerRecord, now: float) -> str:

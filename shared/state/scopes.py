@@ -1,0 +1,21 @@
+"""Budget and rate-limit scopes: a team (``team.<tenant>.<team>``) or a key (``key.<key_id>``).
+
+The same scope key names a counter in ``sy_budgets`` and a GCRA state in
+``sy_ratelimits``; policy writes both, the admin API reads them.
+"""
+
+from __future__ import annotations
+
+
+def team_scope_key(tenant: str, team: str) -> str:
+    return f"team.{tenant}.{team}"
+
+
+def key_scope_key(key_id: str) -> str:
+    return f"key.{key_id}"
+
+
+def scope_label(key: str) -> str:
+    """A scope for messages: ``team.<tenant>.<team>`` → ``team acme/ml``, ``key.<id>`` → ``key <id>``."""
+    kind, _, rest = key.partition(".")
+    return f"team {rest.replace('.', '/')}" if kind == "team" else f"key {rest}"

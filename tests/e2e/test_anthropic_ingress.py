@@ -5,8 +5,8 @@ from __future__ import annotations
 import anthropic
 import pytest
 
-from tests.conftest import ADMIN_KEY
-from tests.e2e.test_api import sdk, wait_trace
+from tests.support.api import sdk
+from tests.support.system import ADMIN_KEY
 
 
 def client(system, key: str = ADMIN_KEY) -> anthropic.AsyncAnthropic:

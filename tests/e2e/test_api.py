@@ -9,33 +9,16 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, MEMBER_KEY, OTHER_TENANT_KEY
+from tests.support.api import poll_job, sdk, wait_trace
+from tests.support.system import MEMBER_KEY, OTHER_TENANT_KEY
+from tests.support.wait import eventually
 
 
-def sdk(system, key: str = ADMIN_KEY, **kw) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=system.base_url + "/v1", api_key=key, max_retries=0, **kw)
-
-
-async def poll_job(system, job_id: str, key: str = ADMIN_KEY, timeout: float = 15) -> dict:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        r = await system.http.get(f"/v1/jobs/{job_id}", headers={"authorization": f"Bearer {key}"})
-        assert r.status_code == 200, r.text
-        body = r.json()
-        if body["status"] in ("completed", "failed", "cancelled", "expired"):
-            return body
-        assert asyncio.get_running_loop().time() < deadline, f"job stuck in {body['status']}"
-        await asyncio.sleep(0.05)
-
-
-async def wait_trace(system, request_id: str, status: str | None = None, timeout: float = 10) -> dict:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        r = await system.http.get(f"/v1/requests/{request_id}")
-        if r.status_code == 200 and (status is None or r.json()["status"] == status):
-            return r.json()
-        assert asyncio.get_running_loop().time() < deadline, f"no trace for {request_id}: {r.text}"
-        await asyncio.sleep(0.05)
+async def provider_calls_in_flight(system) -> float:
+    """The workers' provider calls in flight, read from /metrics."""
+    text = (await system.http.get("/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("switchyard_worker_in_flight{"))
 
 
 async def test_chat_completion_via_openai_sdk(system):
@@ -190,7 +173,9 @@ async def test_cancel_job(system):
     c = await system.http.post(f"/v1/jobs/{job_id}/cancel")
     assert c.status_code == 200, c.text
     assert c.json()["status"] == "cancelled"
-    await asyncio.sleep(2.0)  # the attempt finishes upstream; the job stays cancelled
+    # Behaviour under test: nothing that comes later (the 1.5 s attempt ending upstream) reopens the job; this
+    # sleep is the time given to such a late outcome, which must not arrive, not a wait for a state.
+    await asyncio.sleep(2.0)
     final = await poll_job(system, job_id)
     assert final["status"] == "cancelled"
     trace = await wait_trace(system, job_id, "cancelled")
@@ -234,7 +219,8 @@ async def test_gateway_refuses_past_its_in_flight_limit(system):
         slow = asyncio.ensure_future(system.http.post("/v1/chat/completions", json={
             "model": "mock-1", "messages": [{"role": "user", "content": "slow"}],
             "switchyard": {"mock": {"latency_ms": 600}}}))
-        await asyncio.sleep(0.2)
+        # a worker calls the provider only after the gateway has started waiting on the request
+        await eventually(lambda: provider_calls_in_flight(system), timeout=5, interval=0.01)
         started = asyncio.get_running_loop().time()
         r = await system.http.post("/v1/chat/completions", json={"model": "mock-1",
                                                                  "messages": [{"role": "user", "content": "x"}]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.e2e.test_api import sdk, wait_trace
+from tests.support.api import sdk, wait_trace
 
 
 async def test_embeddings_deterministic_and_billed(system):

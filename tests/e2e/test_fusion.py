@@ -7,15 +7,14 @@ with fusion turned off routes through the router consumer as before.
 
 from __future__ import annotations
 
-import asyncio
-
-import msgspec
 import pytest
 
 from services.router.settings import RouterSettings
 from shared.events import AttemptDispatched, RequestAdmitted, decoder
 from shared.natsd import NatsServer
-from tests.conftest import make_settings, start_system
+from tests.support.api import wait_trace
+from tests.support.system import make_settings, start_system
+from tests.support.wait import eventually
 
 
 async def stream_events(system, request_id: str) -> list[tuple[int, str, object]]:
@@ -35,6 +34,16 @@ async def stream_events(system, request_id: str) -> list[tuple[int, str, object]
     return out
 
 
+async def stored_admission(system, request_id: str) -> list[tuple[int, str, object]]:
+    """The request's stored events, once its admission and an attempt are both on the stream (the admission is
+    published after the attempt's PubAck)."""
+    async def both():
+        events = await stream_events(system, request_id)
+        kinds = {type(e) for _, _, e in events}
+        return events if {AttemptDispatched, RequestAdmitted} <= kinds else None
+    return await eventually(both, message=f"admission and attempt of {request_id} on the stream")
+
+
 async def complete(system) -> str:
     r = await system.http.post("/v1/chat/completions", json={
         "model": "mock-1", "messages": [{"role": "user", "content": "fuse me"}]})
@@ -44,14 +53,13 @@ async def complete(system) -> str:
 
 async def test_the_first_attempt_is_stored_before_the_routed_admission(system):
     rid = await complete(system)
-    await asyncio.sleep(0.3)  # the admission is published after the attempt's PubAck
-    events = await stream_events(system, rid)
+    events = await stored_admission(system, rid)
     [(d_seq, d_subject, dispatched)] = [e for e in events if isinstance(e[2], AttemptDispatched)]
     [(a_seq, a_subject, admitted)] = [e for e in events if isinstance(e[2], RequestAdmitted)]
     assert d_seq < a_seq
     assert a_subject == "sy.evt.admitted.routed" and admitted.routed_by and admitted.routed_by.startswith("router-")
     assert d_subject.startswith("sy.evt.attempt.")
-    trace = (await system.http.get(f"/v1/requests/{rid}")).json()
+    trace = await wait_trace(system, rid, "succeeded")
     assert trace["status"] == "succeeded" and len(trace["attempts"]) == 1
 
 
@@ -68,9 +76,9 @@ async def unfused(tmp_path):
 
 async def test_without_fusion_the_router_consumer_routes(unfused):
     rid = await complete(unfused)
-    await asyncio.sleep(0.3)
-    events = await stream_events(unfused, rid)
+    events = await stored_admission(unfused, rid)
     [(_, a_subject, admitted)] = [e for e in events if isinstance(e[2], RequestAdmitted)]
     assert a_subject == "sy.evt.admitted" and admitted.routed_by is None
     assert any(isinstance(e[2], AttemptDispatched) for e in events)
-    assert msgspec.json.decode((await unfused.http.get(f"/v1/requests/{rid}")).content)["status"] == "succeeded"
+    trace = await wait_trace(unfused, rid, "succeeded")
+    assert trace["status"] == "succeeded"

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from shared.natsd import NatsServer
-from tests.conftest import ADMIN_KEY, make_settings, start_system
-from tests.e2e.test_api import wait_trace
 from tests.fakes.providers import Fault, FakeProviders
+from tests.support.api import sdk, wait_trace
+from tests.support.system import make_settings, start_system
 
 # provider name in the catalog → (adapter type, fake route family, upstream model, options)
 PROVIDERS = {
@@ -57,10 +57,6 @@ async def provider_system(tmp_path_factory):
     await system.close()
     nats.stop()
     fakes.stop()
-
-
-def sdk(system) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=system.base_url + "/v1", api_key=ADMIN_KEY, max_retries=0)
 
 
 @pytest.mark.parametrize("provider", list(PROVIDERS))

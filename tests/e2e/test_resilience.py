@@ -15,15 +15,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.bootstrap import build, parse_targets, run_targets
-from services.router.health import HealthStore
-from services.router.settings import HealthSettings, RouterSettings
+from services.router.settings import RouterSettings
+from shared.state.health import HealthStore
+from shared.state.settings import HealthSettings
 from shared.bus import Bus
 from shared.natsd import NatsServer
 from shared.settings import NatsSettings, TelemetrySettings
 from shared.telemetry import Telemetry
-from tests.conftest import ADMIN_KEY, MEMBER_KEY, RunningSystem, make_settings, start_system
 from tests.fakes.providers import Fault, FakeProviders
+from tests.support.api import finished, wait_trace
+from tests.support.system import ADMIN_KEY, MEMBER_KEY, RunningSystem, make_settings, start_replica, start_system
+from tests.support.wait import eventually
 
 CATALOG = """
 # Every openai-type provider here is the same fake upstream; the fake tells them apart by model.
@@ -125,22 +127,11 @@ async def resilient(nats, fake, tmp_path_factory):
     catalog.write_text(CATALOG.format(base=fake.base_url("openai")))
     settings = make_settings(nats.url, data, catalog_path=str(catalog), router=router_settings())
     system = await start_system(settings, "audit,policy,worker,gateway")
-    replicas = []
-    for _ in range(2):
-        rdeps = await build(settings, parse_targets("router"))
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(run_targets(rdeps, stop))
-        replicas.append((rdeps, stop, task))
-    for rdeps, _, _ in replicas:
-        for _ in range(200):
-            if rdeps.is_ready():
-                break
-            await asyncio.sleep(0.05)
-        assert rdeps.is_ready()
+    replicas = [await start_replica(settings, "router") for _ in range(2)]
+    assert all(r.deps.is_ready() for r in replicas)
     yield system
-    for _, stop, task in replicas:
-        stop.set()
-        await asyncio.wait_for(task, 20)
+    for r in replicas:
+        await r.stop()
     await system.close()
 
 
@@ -164,23 +155,13 @@ async def status_of(system: RunningSystem, deployment: str) -> dict:
 
 
 async def wait_state(system: RunningSystem, deployment: str, state: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        row = await status_of(system, deployment)
-        if row["breaker"]["state"] == state:
-            return row
-        assert time.monotonic() < deadline, f"{deployment} stayed {row['breaker']['state']}, not {state}: {row}"
-        await asyncio.sleep(0.05)
+    seen: dict = {}
 
-
-async def wait_trace(system: RunningSystem, rid: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        r = await system.http.get(f"/v1/requests/{rid}")
-        if r.status_code == 200 and r.json()["status"] not in ("requested", "admitted", "in_progress"):
-            return r.json()
-        assert time.monotonic() < deadline, f"no finished trace for {rid}"
-        await asyncio.sleep(0.05)
+    async def reached() -> dict | None:
+        seen.update(await status_of(system, deployment))
+        return dict(seen) if seen["breaker"]["state"] == state else None
+    return await eventually(reached, timeout=timeout, interval=0.05,
+                            message=lambda: f"{deployment} stayed {seen['breaker']['state']}, not {state}: {seen}")
 
 
 # ---- 429 + Retry-After ---------------------------------------------------------------------------
@@ -193,7 +174,7 @@ async def test_rate_limited_with_retry_after_is_retried_no_sooner(resilient, fak
     assert time.monotonic() - started >= 2.0
     first, second = fake.arrivals.of("rl-1")
     assert second - first >= 2.0, f"the retry came {second - first:.3f}s after the 429"
-    trace = await wait_trace(resilient, r.headers["x-request-id"])
+    trace = await wait_trace(resilient, r.headers["x-request-id"], finished)
     a1, a2 = trace["attempts"]
     assert (a1["outcome"], a2["outcome"]) == ("rate_limited", "success")
     assert a2["kind"] == "retry" and "Retry-After 2s" in a2["reason"]
@@ -246,7 +227,7 @@ async def test_failing_provider_is_ejected_then_probed_and_restored(resilient, f
         probe_ids.append(r.headers["x-request-id"])
     row = await wait_state(resilient, dep, "closed")
     assert row["breaker"]["reason"] == "2 of 2 probes succeeded"
-    trace = await wait_trace(resilient, probe_ids[0])
+    trace = await wait_trace(resilient, probe_ids[0], finished)
     assert trace["attempts"][0]["breaker_state"] == "half_open"  # the state when the router decided
     r = await complete(resilient, "up-chain")
     assert r.json()["model"] == "up-1"
@@ -288,15 +269,14 @@ async def test_two_router_replicas_see_the_same_breaker_state(resilient, fake):
     readers = []
     for _ in range(2):
         bus = await Bus(NatsSettings(url=resilient.deps.settings.nats.url), Telemetry(TelemetrySettings())).connect()
-        readers.append((bus, await HealthStore.open(bus, role="test", settings=router_settings())))
+        rs = router_settings()
+        readers.append((bus, await HealthStore.open(bus, role="test", breaker=rs.breaker, health=rs.health,
+                                                    retry_budget_window_s=rs.retry_budget_window_s)))
     try:
         now = time.time()
         assert {h.view().state(dep, now) for _, h in readers} == {"forced_open"}
         await readers[0][1].operate(dep, "reset")
-        for _ in range(100):
-            if readers[1][1].view().state(dep, time.time()) == "closed":
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: readers[1][1].view().state(dep, time.time()) == "closed", timeout=2)
         assert readers[1][1].view().state(dep, time.time()) == "closed"
     finally:
         for bus, h in readers:

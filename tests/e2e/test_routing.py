@@ -4,16 +4,16 @@ status API and the metrics. Runs its own nats-server and Switchyard with a catal
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import openai
 import pytest
 
 from services.router.balancing import P2C_MARGIN
-from tests.conftest import ADMIN_KEY, make_settings, start_system
 from shared.natsd import NatsServer
+from tests.support.api import sdk, wait_trace
+from tests.support.system import make_settings, start_system
+from tests.support.wait import eventually
 
 CATALOG = """
 extends_builtin: false
@@ -96,19 +96,17 @@ async def routed(tmp_path_factory):
     server.stop()
 
 
-def sdk(system) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=system.base_url + "/v1", api_key=ADMIN_KEY, max_retries=0)
+def routed_and_ended(trace: dict) -> bool:
+    return trace["status"] in ("succeeded", "failed", "expired") and bool(trace.get("routing"))
 
 
 async def trace_of(system, rid: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        r = await system.http.get(f"/v1/requests/{rid}")
-        if r.status_code == 200 and r.json()["status"] in ("succeeded", "failed", "expired") and \
-                r.json().get("routing"):
-            return r.json()
-        assert time.monotonic() < deadline, f"no trace for {rid}"
-        await asyncio.sleep(0.05)
+    return await wait_trace(system, rid, routed_and_ended, timeout)
+
+
+def observed_and_idle(rows: list[dict], model: str) -> bool:
+    mine = [row for row in rows if row["model"] == model]
+    return len(mine) == 2 and all(r["latency_source"] == "observed" and r["in_flight"] == 0 for r in mine)
 
 
 async def test_auto_routing_explains_itself_in_the_response_and_the_trace(routed):
@@ -199,15 +197,12 @@ async def test_load_balancing_prefers_the_deployment_with_the_lower_live_load(ro
                                                  extra_body={"switchyard": {"denied_providers": [other]}})
         assert r.model_extra["switchyard"]["selected"]["provider"] != other
     # The workers publish what they observed (at most every min_flush_gap_s): wait until both show, idle.
-    deadline = time.monotonic() + 10
-    while True:
-        rows = [row for row in (await routed.http.get("/v1/providers/status")).json()["data"]
-                if row["model"] == "r-multi"]
-        if len(rows) == 2 and all(r["latency_source"] == "observed" and r["in_flight"] == 0 for r in rows):
-            break
-        assert time.monotonic() < deadline, rows
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.1)  # the router's view of the health bucket follows the same watch
+    async def api_shows() -> bool:
+        return observed_and_idle((await routed.http.get("/v1/providers/status")).json()["data"], "r-multi")
+    await eventually(api_shows)
+    # The router's own view of the health bucket (a second watch on it) follows: wait until it shows the same.
+    router_health = routed.deps.local.router.rdeps.health
+    await eventually(lambda: observed_and_idle(router_health.status(routed.deps.catalog), "r-multi"), timeout=5)
     picks, clear = [], 0
     for i in range(8):
         r = await client.chat.completions.create(model="r-multi", messages=[{"role": "user", "content": f"lb {i}"}])
@@ -237,10 +232,12 @@ async def test_streaming_jobs_and_embeddings_route_too(routed):
     assert final.usage is not None and final.model_extra["switchyard"]["selected"]["model"] == "r-cheap"
     r = await routed.http.post("/v1/jobs", json={"model": "auto:best", "messages": MSG})
     job_id = r.json()["id"]
-    deadline = time.monotonic() + 10
-    while (job := (await routed.http.get(f"/v1/jobs/{job_id}")).json())["status"] != "completed":
-        assert time.monotonic() < deadline and job["status"] not in ("failed", "expired"), job
-        await asyncio.sleep(0.05)
+
+    async def completed() -> dict | None:
+        job = (await routed.http.get(f"/v1/jobs/{job_id}")).json()
+        assert job["status"] not in ("failed", "expired"), job
+        return job if job["status"] == "completed" else None
+    job = await eventually(completed)
     assert job["result"]["switchyard"]["selected"]["model"] == "r-best"
     emb = await client.embeddings.create(model="auto", input="route me")
     assert emb.model == "r-embed"
@@ -250,17 +247,17 @@ async def test_provider_status_shows_live_health_and_metrics(routed):
     client = sdk(routed)
     for _ in range(3):
         await client.chat.completions.create(model="r-cheap", messages=MSG)
-    deadline = time.monotonic() + 5
-    while True:
+
+    async def three_observed() -> dict | None:
         r = await routed.http.get("/v1/providers/status")
         assert r.status_code == 200
         rows = {row["deployment"]: row for row in r.json()["data"]}
         row = rows["mock-a/r-cheap"]
         # Observations are published at most every min_flush_gap_s: wait for all three calls to show.
         if row["latency_source"] == "observed" and row["samples"] >= 3 and row["in_flight"] == 0:
-            break
-        assert time.monotonic() < deadline, rows["mock-a/r-cheap"]
-        await asyncio.sleep(0.05)
+            return rows
+        return None
+    rows = await eventually(three_observed, timeout=5)
     cheap = rows["mock-a/r-cheap"]
     assert cheap["breaker"]["state"] == "closed" and cheap["samples"] >= 3 and cheap["in_flight"] == 0
     assert cheap["latency_observed_ms"] < 800 and cheap["latency_ms"] < 800  # live estimate beats the prior

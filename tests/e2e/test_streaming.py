@@ -3,13 +3,12 @@ surfaced as errors, and a client disconnect that cancels upstream and is billed 
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import openai
 import pytest
 
-from tests.e2e.test_api import sdk, wait_trace
+from tests.support.api import sdk, wait_trace
+from tests.support.wait import eventually
 
 MSG = [{"role": "user", "content": "stream to me"}]
 
@@ -95,8 +94,7 @@ async def test_client_disconnect_cancels_upstream_and_bills_once(system):
                     break  # leave mid-stream
     trace = await wait_trace(system, rid, "cancelled")
     assert [a["outcome"] for a in trace["attempts"]] == ["cancelled"]
-    await asyncio.sleep(0.5)
-    rows = await ledger_rows(system, rid)
+    rows = await eventually(lambda: ledger_rows(system, rid), message=f"a ledger row for {rid}")
     assert len(rows) == 1
     assert rows[0]["completion_tokens"] > 0 and rows[0]["cost_usd"] > 0
 

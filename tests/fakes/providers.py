@@ -54,6 +54,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.support.wait import eventually_sync
+
 PROVIDERS = ("openai", "mistral", "azure", "anthropic", "gemini", "bedrock")
 # A request header carrying a Fault as JSON ({"status": 503}); catalog ``headers`` can set it per provider.
 FAULT_HEADER = "x-fake-fault"
@@ -662,11 +664,13 @@ class LoopbackServer:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="loopback-server", daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
+
+        def started() -> bool:
+            if not self._thread.is_alive():
                 raise RuntimeError("loopback server did not start")
-            time.sleep(0.01)
+            return self._server.started
+
+        eventually_sync(started, timeout=10, message="loopback server did not start")
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
         return self
 
@@ -806,6 +810,7 @@ class FakeProviders:
         return JSONResponse(body, status_code=status, headers=headers)
 
     async def _hang(self, request: Request) -> Response:
+        # The fault itself: an upstream that never answers, until the client goes away or the server stops.
         while not self._stopping.is_set() and not await request.is_disconnected():
             await asyncio.sleep(0.05)
         return Response(status_code=499)

@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from shared.natsd import NatsServer, free_port
-from tests.fault.procs import ServiceProcess, wait_http_ready
+from tests.support.procs import ServiceProcess, wait_http_ready
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.fault
 KEY = "sk-fault-admin"
@@ -48,16 +49,26 @@ async def submit_jobs(http: httpx.AsyncClient, n: int) -> list[str]:
 
 
 async def final_states(http: httpx.AsyncClient, ids: list[str], timeout: float) -> dict[str, dict]:
+    """The jobs that reached a terminal state within ``timeout`` (all of them, unless some were lost)."""
     states: dict[str, dict] = {}
-    deadline = asyncio.get_running_loop().time() + timeout
-    while len(states) < len(ids) and asyncio.get_running_loop().time() < deadline:
+
+    async def all_ended() -> bool:
         pending = [i for i in ids if i not in states]
         bodies = await asyncio.gather(*(http.get(f"/v1/jobs/{i}") for i in pending))
         for job_id, r in zip(pending, bodies):
             if r.status_code == 200 and r.json()["status"] in TERMINAL:
                 states[job_id] = r.json()
-        await asyncio.sleep(0.25)
+        return len(states) == len(ids)
+
+    try:
+        await eventually(all_ended, timeout=timeout, interval=0.25)
+    except AssertionError:
+        pass  # the tally counts the jobs that never ended
     return states
+
+
+async def billed_rows(http: httpx.AsyncClient) -> int:
+    return len((await http.get("/v1/ledger", params={"model": "fault-1", "limit": 1000})).json()["data"])
 
 
 def tally(ids: list[str], states: dict[str, dict], ledger_rows: list[dict]) -> Tally:
@@ -95,15 +106,18 @@ async def test_worker_sigkill_mid_flight_loses_nothing(tmp_path: Path):
     # As on one host in the bench's split shape: the pipeline runs below the gateway's CPU priority.
     worker = ServiceProcess("worker:mock-fault", env | {"SWITCHYARD_NICE": "10"}, tmp_path).start()
     try:
-        wait_http_ready(f"http://127.0.0.1:{port}/readyz")
+        await wait_http_ready(f"http://127.0.0.1:{port}/readyz")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
                                      headers={"authorization": f"Bearer {KEY}"}) as http:
             ids = await submit_jobs(http, JOBS)
-            # 200 jobs × 400 ms at 20 in flight ≈ 4 s of work: kill the worker while it is busy.
-            await asyncio.sleep(1.5)
+            # 200 jobs × 400 ms at 20 in flight ≈ 4 s of work: kill the worker while it is busy, once its
+            # first round of jobs is billed (the next round is then in flight).
+            await eventually(lambda: billed_rows(http), timeout=30, interval=0.05)
             assert worker.alive()
             assert nice_of(worker.proc.pid) == 10
             worker.kill()
+            # Behaviour under test: a second with no worker at all (jobs wait in the stream, the dead worker's
+            # attempts wait for their ack wait to run out); this sleep is that outage, not a wait for a state.
             await asyncio.sleep(1.0)
             worker.start()
 

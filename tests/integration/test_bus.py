@@ -11,13 +11,14 @@ from nats.js.errors import APIError
 from shared.bus import Bus, Bucket, Subscription
 from shared.errors import InvalidRequest, UpstreamUnavailable
 from shared.events import CompletionFailed, CompletionRequested, decoder
-from shared.jobs import advance_job, get_job
+from shared.state.jobs import advance_job, get_job
 from shared.events import JobRecord
 from shared.lifecycle import poison
 from shared.natsd import NatsServer
 from shared.settings import ConsumerSettings, NatsSettings, TelemetrySettings
 from shared.telemetry import Telemetry
-from tests.unit.helpers import requested
+from tests.support.events import chat, requested
+from tests.support.wait import eventually
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +89,16 @@ async def test_handler_outcomes(bus):
         return []
 
     task = bus.start(bus.consume("test", sub, handler, on_poison=poison))
-    from tests.unit.helpers import chat
     for rid, model in [("req_ok", "fine"), ("req_flaky", "flaky-once"), ("req_bad", "bad"), ("req_poison", "poison")]:
         await bus.publish(requested(chat(model), rid=rid, origin="gw-outcomes"))
     await asyncio.wait_for(done.wait(), 15)
-    await asyncio.sleep(0.5)
+
+    async def settled() -> bool:  # every message acknowledged, the redelivered one included
+        info = await bus.js.consumer_info(bus.settings.stream, "t-outcomes")
+        return (info.num_ack_pending == 0 and info.num_pending == 0 and "req_ok" in calls
+                and calls.get("req_flaky", 0) >= 2)
+
+    await eventually(settled, timeout=15, message=lambda: f"handler calls {calls}")
     task.cancel()
     await core.unsubscribe()
     assert calls["req_ok"] == 1
@@ -165,8 +171,8 @@ def test_delivery_counts_come_from_the_reply_subject():
 async def test_kv_reads_are_direct_gets_that_tell_a_missing_key_from_a_missing_bucket(bus):
     from nats.js.api import KeyValueConfig
 
-    from services.policy.kv import kv_get
     from shared.errors import ServiceUnavailable
+    from shared.state.kv import kv_get
 
     # A bucket made by an earlier version (no direct gets) is upgraded when the bus opens it.
     await bus.js.create_key_value(KeyValueConfig(bucket="t_direct_old", history=1))
@@ -197,21 +203,19 @@ async def test_direct_subscriptions_deliver_in_order_without_a_task_per_subscrip
         got.append(msg.data)
 
     sub = await bus.subscribe("test.direct", fn)
-    await asyncio.sleep(0)
+    await eventually(sub._wait_for_msgs_task.done, timeout=1)
     assert sub._wait_for_msgs_task.done()  # nats-py's per-subscription task is gone
     assert not isinstance(sub._pending_queue, asyncio.Queue)
     for i in range(50):
         await bus.nc.publish("test.direct", b"boom" if i == 10 else str(i).encode())
     await bus.nc.flush()
-    for _ in range(100):
-        if len(got) == 49:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(got) >= 49, timeout=5, message=lambda: f"{len(got)} of 49 delivered")
     assert got == [str(i).encode() for i in range(50) if i != 10]
     assert sub.pending_msgs == 0
     await sub.drain()
     await bus.nc.publish("test.direct", b"late")
     await bus.nc.flush()
+    # Behaviour under test: nothing arrives after the drain, so the test gives a late message time to (not) come.
     await asyncio.sleep(0.05)
     assert got[-1] == b"49"
 
@@ -232,10 +236,12 @@ async def test_busy_poll_keeps_the_loop_turning_for_its_window_only():
     poll._turn = counting
     poll.poke()
     assert poll._armed
+    # Behaviour under test: the 20 ms window runs out by itself; this sleep is that window passing.
     await asyncio.sleep(0.05)
     assert not poll._armed  # the window passed with no message: the loop may sleep again
     assert turns > 1
     seen = turns
+    # Behaviour under test: an idle loop is not kept turning, so time passes and nothing may happen.
     await asyncio.sleep(0.03)
     assert turns == seen  # nothing keeps an idle loop busy
     off = BusyPoll(0.0)

@@ -13,13 +13,14 @@ import httpx
 import msgspec
 import pytest
 
-from services.policy.budgets import to_usd
 from services.policy.handlers import check
 from services.policy.handlers import estimate as estimate_admission
 from services.policy.settings import PolicySettings
 from shared.canonical import ChatRequest
 from shared.settings import ConsumerSettings
-from tests.unit.policy.support import bearer, chat, make_key, make_team, start_cluster, wait_for
+from shared.state.budgets import to_usd
+from tests.support.governance import bearer, chat, make_key, make_team, start_cluster
+from tests.support.wait import eventually
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ async def ledger_total(http: httpx.AsyncClient, team: str, rows: int) -> dict:
     async def ready():
         body = (await http.get("/v1/ledger", params={"team": team, "limit": 1000})).json()
         return body if len(body["data"]) >= rows else None
-    return await wait_for(ready, timeout=15)
+    return await eventually(ready, timeout=15)
 
 
 def metric(deps, name: str, **labels) -> float:
@@ -94,7 +95,7 @@ async def test_fifty_concurrent_requests_never_overrun_the_budget(cluster):
     async def settled():
         b = await budget(http, "prop")
         return b if b["open_reservations"] == 0 else None
-    b = await wait_for(settled, timeout=15)
+    b = await eventually(settled, timeout=15)
     daily, monthly = b["periods"]["daily"], b["periods"]["monthly"]
     assert daily["reserved_usd"] == 0 and monthly["reserved_usd"] == 0
     assert daily["spent_usd"] == pytest.approx(spent_ledger, abs=1e-8)
@@ -108,18 +109,18 @@ async def test_fifty_concurrent_requests_never_overrun_the_budget(cluster):
         assert decided > 0
 
     # The trace explains the money: reserved, then settled (success) or released (upstream failure).
-    trace = await wait_for(lambda: _trace_with(http, ok[0].headers["x-request-id"], "settled"))
+    trace = await eventually(lambda: _trace_with(http, ok[0].headers["x-request-id"], "settled"))
     kinds = [e["event"] for e in trace["budget"]]
     assert kinds == ["reserved", "settled"] and trace["budget"][1]["amount_usd"] == pytest.approx(trace["cost_usd"])
     assert trace["admission"]["decision"] == "admitted" and trace["admission"]["budgets"] == ["team.default.prop"]
     if upstream_failed:
-        trace = await wait_for(lambda: _trace_with(http, upstream_failed[0].headers["x-request-id"], "released"))
+        trace = await eventually(lambda: _trace_with(http, upstream_failed[0].headers["x-request-id"], "released"))
         assert [e["event"] for e in trace["budget"]] == ["reserved", "released"]
 
     async def denied_trace():
         t = await http.get(f"/v1/requests/{refused[0].headers['x-request-id']}")
         return t.json() if t.status_code == 200 and t.json()["status"] == "denied" else None
-    denied = await wait_for(denied_trace)
+    denied = await eventually(denied_trace)
     assert denied["admission"]["reason"] == "budget_exceeded"
 
 
@@ -136,7 +137,7 @@ async def test_a_key_budget_refuses_on_its_own(cluster):
         async def settled():
             keys = (await budget(http, "keyed"))["keys"]
             return keys if keys and keys[0]["open_reservations"] == 0 else None
-        [mine] = await wait_for(settled)
+        [mine] = await eventually(settled)
         assert mine["key_id"] == meta["id"] and mine["periods"]["daily"]["spent_usd"] > 0
         # Room for one more estimate, not two: of three concurrent requests exactly one is admitted.
         rs = await asyncio.gather(*(client.post("/v1/chat/completions",
@@ -155,7 +156,10 @@ async def test_cancelled_and_expired_requests_release(cluster):
     job = await http.post("/v1/jobs", headers=h, json=chat("slow job", model="slow-1", max_tokens=500,
                                                               switchyard={"mock": {"latency_ms": 2000}}))
     assert job.status_code == 202
-    await asyncio.sleep(0.3)
+
+    async def reserved():  # the job is admitted: cancelling it now has a reservation to release
+        return (await budget(http, "release"))["open_reservations"] > 0
+    await eventually(reserved)
     assert (await http.post(f"/v1/jobs/{job.json()['id']}/cancel", headers=h)).status_code == 200
     r = await http.post("/v1/chat/completions", headers={**h, "x-switchyard-timeout": "0.3"},
                         json=chat("too slow", model="slow-1", max_tokens=500,
@@ -165,11 +169,11 @@ async def test_cancelled_and_expired_requests_release(cluster):
     async def released():
         b = await budget(http, "release")
         return b if b["open_reservations"] == 0 else None
-    b = await wait_for(released, timeout=15)
+    b = await eventually(released, timeout=15)
     assert b["periods"]["daily"]["spent_usd"] == 0
-    trace = await wait_for(lambda: _trace_with(http, job.json()["id"], "released"))
+    trace = await eventually(lambda: _trace_with(http, job.json()["id"], "released"))
     assert trace["budget"][-1]["reason"] == "cancelled"
-    trace = await wait_for(lambda: _trace_with(http, r.headers["x-request-id"], "released"))
+    trace = await eventually(lambda: _trace_with(http, r.headers["x-request-id"], "released"))
     assert trace["budget"][-1]["reason"] == "expired"
 
 
@@ -197,10 +201,10 @@ async def test_soft_alerts_once_per_period_with_event_and_metric(cluster):
         total = sum(metric(d, "switchyard_budget_alerts_total", scope_kind="team", period="daily",
                            threshold="1e-05") for d in (cluster.system.deps, cluster.replicas[0].deps))
         return total or None
-    assert await wait_for(alerted) == 1  # three settlements crossed the threshold; one alert for the day
+    assert await eventually(alerted) == 1  # three settlements crossed the threshold; one alert for the day
     b = await budget(http, "alerts")
     assert b["alerts_sent"] == ["d1e-05"]  # not the 90 % one
     # The alert event is in the trace of the request whose settlement crossed the threshold.
-    trace = await wait_for(lambda: _trace_with(http, ids[0], "alert"))
+    trace = await eventually(lambda: _trace_with(http, ids[0], "alert"))
     alert = next(e for e in trace["budget"] if e["event"] == "alert")
     assert alert["scope"] == "team.default.alerts" and alert["period"] == "daily" and alert["threshold"] == 1e-05

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.policy.service import ADMISSIONS, BUDGETS, TEAMS
-from tests.unit.policy.support import bearer, chat, make_key, make_team, start_cluster, wait_for
+from shared.state.buckets import ADMISSIONS, BUDGETS, TEAMS
+from tests.support.governance import bearer, chat, make_key, make_team, start_cluster
+from tests.support.wait import eventually
 
 
 @pytest.fixture
@@ -38,5 +39,5 @@ async def test_a_missing_bucket_denies_with_503(cluster, bucket, settings):
     async def recorded():
         t = await http.get(f"/v1/requests/{r.headers['x-request-id']}")
         return t.json() if t.status_code == 200 and t.json()["status"] == "denied" else None
-    trace = await wait_for(recorded)
+    trace = await eventually(recorded)
     assert trace["error"]["code"] == "policy_unavailable"

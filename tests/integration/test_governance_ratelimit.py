@@ -9,7 +9,7 @@ import pytest
 
 from services.policy.settings import PolicySettings
 from shared.settings import ConsumerSettings
-from tests.unit.policy.support import bearer, chat, make_key, make_team, start_cluster
+from tests.support.governance import bearer, chat, make_key, make_team, start_cluster
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from shared.events import (
     Target,
     terminal_id,
 )
-from shared.jobs import moves_forward
+from shared.state.jobs import moves_forward
 
 T0 = 1_700_000_000.0
 PROMPT = "PROMPT-SECRET: the launch code is 0000"
@@ -275,7 +275,7 @@ def test_render_completion_with_tool_calls() -> None:
 # ---- jobs ------------------------------------------------------------------------------------
 
 def advance(current: JobRecord | None, update: JobUpdate) -> JobRecord | None:
-    """What ``shared.jobs.advance_job`` stores, without the KV round trip."""
+    """What ``shared.state.jobs.advance_job`` stores, without the KV round trip."""
     new = update(current)
     if new is None or (current is not None and not moves_forward(current, new)):
         return current

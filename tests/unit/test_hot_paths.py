@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 from fastapi import FastAPI
 
-from services.gateway.app import HotPaths, install_error_handlers
+from services.gateway.app import HotPaths, Route, install_error_handlers, route_table
+from services.ops import json_response
 from shared.errors import InvalidRequest
 
 
@@ -19,16 +20,12 @@ class FakeGateway:
         raise RuntimeError("a bug")
 
     async def embeddings(self, request):
-        from services.gateway.app import _json
-
-        return _json({"ok": True})
+        return json_response({"ok": True})
 
     submit_job = embeddings
 
     async def get_job(self, request, job_id):
-        from services.gateway.app import _json
-
-        return _json({"id": job_id})
+        return json_response({"id": job_id})
 
 
 def app() -> HotPaths:
@@ -39,7 +36,13 @@ def app() -> HotPaths:
     async def other():
         raise RuntimeError("a bug behind FastAPI")
 
-    return HotPaths(fastapi, FakeGateway())
+    gw = FakeGateway()
+    hot = [Route("POST", "/v1/chat/completions", gw.chat_completions, "", hot=True),
+           Route("POST", "/v1/messages", gw.messages, "", hot=True),
+           Route("POST", "/v1/embeddings", gw.embeddings, "", hot=True),
+           Route("POST", "/v1/jobs", gw.submit_job, "", hot=True),
+           Route("GET", "/v1/jobs/{job_id}", gw.get_job, "", hot=True)]
+    return HotPaths(fastapi, hot)
 
 
 async def test_hot_paths_answer_and_fail_like_the_fastapi_handlers():
@@ -54,3 +57,19 @@ async def test_hot_paths_answer_and_fail_like_the_fastapi_handlers():
         assert (await c.get("/v1/jobs/job_abc")).json() == {"id": "job_abc"}
         assert (await c.post("/v1/embeddings", json={})).json() == {"ok": True}
         assert (await c.get("/v1/jobs/job_abc/extra")).status_code == 404  # not a hot path: FastAPI's 404
+
+
+class Anything:
+    """Stands in for the gateway's handler objects: every attribute is this object again."""
+
+    def __getattr__(self, name):
+        return self
+
+
+def test_the_route_table_marks_exactly_the_hot_endpoints():
+    table = route_table(Anything())
+    assert {(r.method, r.path) for r in table if r.hot} == {
+        ("POST", "/v1/chat/completions"), ("POST", "/v1/messages"), ("POST", "/v1/embeddings"),
+        ("POST", "/v1/jobs"), ("GET", "/v1/jobs/{job_id}")}
+    assert len({(r.method, r.path) for r in table}) == len(table)  # one handler per method and path
+    HotPaths(FastAPI(), table)  # every hot route has a shape the fast dispatch can match

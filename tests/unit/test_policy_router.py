@@ -12,9 +12,10 @@ from shared.events import (
     CompletionExpired,
     CompletionFailed,
 )
-from tests.unit.helpers import admitted, chat
+from tests.support.catalogs import SYSTEM_CATALOG
+from tests.support.events import admitted, chat
 
-CATALOG = load_catalog("tests/data/catalog.yaml")
+CATALOG = load_catalog(SYSTEM_CATALOG)
 # No same-deployment retries here: these cases are about fallback order and the final error
 # (retries, backoff and budgets are covered in tests/unit/router/).
 RDEPS = RouterDeps(settings=RouterSettings(max_attempts=3, max_retries_per_deployment=0), catalog=CATALOG)

@@ -24,7 +24,7 @@ from shared.errors import (
 )
 from tests.fakes.providers import Fault, Reply
 
-from .helpers import (
+from tests.support.adapters import (
     FAKE_ROUTE,
     chat,
     collect,

@@ -24,7 +24,7 @@ from shared.errors import (
 )
 from tests.fakes.providers import bedrock_event
 
-from .helpers import (
+from tests.support.adapters import (
     chat,
     decode_all,
     finish_of,

@@ -15,7 +15,7 @@ from services.workers.adapters.mistral import mistral_body, mistral_tool_id
 from shared.canonical import ContentPart, FunctionCall, Message, ToolCall
 from shared.errors import InvalidRequest
 
-from .helpers import canonical_request, chat, fixture_json, make_adapter, target
+from tests.support.adapters import canonical_request, chat, fixture_json, make_adapter, target
 
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}

@@ -40,7 +40,7 @@ from shared.canonical import (
 from shared.errors import ErrorInfo, InvalidRequest, PayloadTooLarge, SwitchyardError, UpstreamUnavailable
 from tests.fakes.providers import LoopbackServer
 
-from .helpers import chat, decode_all, spec, sse_fixture, target
+from tests.support.adapters import chat, decode_all, spec, sse_fixture, target
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 

@@ -11,7 +11,7 @@ from services.workers.adapters.mock import MockAdapter
 from shared.canonical import EmbeddingRequest
 from shared.errors import UpstreamBadResponse, UpstreamRateLimited, UpstreamUnavailable
 
-from .helpers import chat, collect, finish_of, spec, target, text_of
+from tests.support.adapters import chat, collect, finish_of, spec, target, text_of
 
 MOCK = target("openai", "mock-1")
 

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from services.policy.budgets import (
+from shared.state.budgets import (
     Counter,
     Scope,
     charge_change,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.policy.ratelimit import (
+from shared.state.ratelimit import (
     RateScope,
     RateState,
     acquire_change,

@@ -7,13 +7,13 @@ import pytest
 from services.policy.sensitivity import allowed_providers, effective_class
 from shared.catalog import CatalogError, ProviderSpec, load_catalog, parse_catalog
 from shared.errors import InvalidRequest
-from tests.unit.policy.support import CATALOG
+from tests.support.catalogs import GOVERNANCE_CATALOG
 
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
     path = tmp_path_factory.mktemp("cat") / "catalog.yaml"
-    path.write_text(CATALOG)
+    path.write_text(GOVERNANCE_CATALOG)
     return load_catalog(path)
 
 

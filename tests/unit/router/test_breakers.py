@@ -6,27 +6,17 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from services.router import breakers as b
-from services.router.breakers import Breaker
-from services.router.settings import BreakerSettings
+from shared.state import breakers as b
+from shared.state.breakers import Breaker
+from shared.state.settings import BreakerSettings
+from tests.support.clock import ManualClock
 
 CFG = BreakerSettings(failure_rate_threshold=0.5, minimum_calls=4, window_size=6, window_age_s=60,
                       open_wait_s=10, half_open_probes=3, half_open_timeout_s=30, auth_open_wait_s=100)
 
 
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, s: float) -> None:
-        self.t += s
-
-
-def breaker(cfg: BreakerSettings = CFG) -> tuple[Breaker, Clock]:
-    clock = Clock()
+def breaker(cfg: BreakerSettings = CFG) -> tuple[Breaker, ManualClock]:
+    clock = ManualClock()
     return Breaker(cfg, clock), clock
 
 
@@ -185,7 +175,7 @@ class BreakerMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.clock = Clock()
+        self.clock = ManualClock()
         self.br = Breaker(CFG, self.clock)
         self.outstanding: list[b.Permit] = []
         self.last_gen = 0

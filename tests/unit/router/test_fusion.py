@@ -11,11 +11,14 @@ from services.router.handlers import RouterDeps, StaticHealth
 from services.router.service import Router
 from services.router.settings import RouterSettings
 from shared.bus import Delivery
+from shared.catalog import load_catalog
 from shared.errors import InvalidRequest
 from shared.events import AttemptDispatched, BudgetReserved, CompletionFailed
 from shared.telemetry import Metrics
-from tests.unit.router.test_routing import CATALOG, admitted
-from tests.unit.helpers import chat, ctx
+from tests.support.catalogs import ROUTER_CATALOG
+from tests.support.events import admitted, chat, ctx
+
+CATALOG = load_catalog(ROUTER_CATALOG)
 
 
 def router(catalog=CATALOG) -> Router:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from services.router import breakers as b
-from services.router.health import (
+from shared.state import breakers as b
+from shared.state.health import (
     BreakerConfigs,
     BudgetRecord,
     HealthView,
@@ -17,8 +15,9 @@ from services.router.health import (
     token,
     untoken,
 )
-from services.router.settings import BreakerSettings, HealthSettings
 from shared.catalog import load_catalog
+from shared.state.settings import BreakerSettings, HealthSettings
+from tests.support.catalogs import ROUTER_CATALOG
 
 T = 10_000.0
 CFG = BreakerSettings(window_size=4, window_age_s=60, minimum_calls=2)
@@ -80,7 +79,7 @@ def test_breaker_state_as_routing_sees_it():
 
 
 def test_provider_overrides_and_key_tokens():
-    cat = load_catalog(Path(__file__).with_name("catalog.yaml"))
+    cat = load_catalog(ROUTER_CATALOG)
     configs = BreakerConfigs(BreakerSettings(), cat)
     assert configs("local/spare-1").minimum_calls == 2 and configs("alpha/cheap-1").minimum_calls == 10
     for name in ("openai/gpt-4.1", "bedrock/us.anthropic.claude:0", "a b/ü"):

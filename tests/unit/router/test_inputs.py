@@ -9,7 +9,7 @@ from services.router.classifier import classify
 from services.router.hints import parse_hints
 from shared.canonical import ChatRequest, Message
 from shared.errors import InvalidRequest
-from tests.unit.helpers import chat
+from tests.support.events import chat
 
 
 @pytest.mark.parametrize("text, task", [

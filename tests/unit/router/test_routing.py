@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from pathlib import Path
 
 import msgspec
 import pytest
 
-from services.router import breakers as b
 from services.router.handlers import RouterDeps, StaticHealth, on_attempt_failed, route
-from services.router.health import BudgetRecord, HealthView, ObsRecord, TaskStats
 from services.router.scoring import PREFERENCE_WEIGHTS
 from services.router.settings import RouterSettings
 from shared.canonical import ChatRequest, ContentPart, Message, Usage, ChatResponse, Choice
@@ -26,16 +23,13 @@ from shared.events import (
     RequestAdmitted,
 )
 from shared.openai_format import switchyard_object
-from tests.unit.helpers import chat, ctx
+from shared.state import breakers as b
+from shared.state.health import BudgetRecord, HealthView, ObsRecord, TaskStats
+from tests.support.catalogs import ROUTER_CATALOG
+from tests.support.events import admitted, chat, ctx
 
-CATALOG = load_catalog(Path(__file__).with_name("catalog.yaml"))
+CATALOG = load_catalog(ROUTER_CATALOG)
 NOW = 1_700_000_000.0
-
-
-def admitted(request: ChatRequest, rid: str = "req_1", team: str = "team-a", deadline_in: float = 60.0,
-             **kw) -> RequestAdmitted:
-    c = ctx(deadline_in=deadline_in, team=team)
-    return RequestAdmitted(event_id=f"{rid}.admitted", request_id=rid, ctx=c, request=request, **kw)
 
 
 def deps(view: HealthView | None = None, **settings) -> RouterDeps:

@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+
+from tests.support.wait import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,13 +49,13 @@ class ServiceProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-def wait_http_ready(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
+async def wait_http_ready(url: str, timeout: float = 30) -> None:
+    """Until ``url`` answers 200 (a service process's /readyz)."""
+    async with httpx.AsyncClient(timeout=1) as http:
+        async def ready() -> bool:
+            try:
+                return (await http.get(url)).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(ready, timeout=timeout, interval=0.1, message=f"{url} not ready")

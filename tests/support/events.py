@@ -24,5 +24,7 @@ def requested(request: ChatRequest | None = None, rid: str = "req_1", **ctx_kw) 
                                request=request or chat())
 
 
-def admitted(request: ChatRequest | None = None, rid: str = "req_1", **kw) -> RequestAdmitted:
-    return RequestAdmitted(event_id=f"{rid}.admitted", request_id=rid, ctx=ctx(), request=request or chat(), **kw)
+def admitted(request: ChatRequest | None = None, rid: str = "req_1", team: str = "team-a", deadline_in: float = 60.0,
+             **kw) -> RequestAdmitted:
+    return RequestAdmitted(event_id=f"{rid}.admitted", request_id=rid, ctx=ctx(deadline_in=deadline_in, team=team),
+                           request=request or chat(), **kw)

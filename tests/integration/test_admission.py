@@ -16,11 +16,8 @@ from nats.js.api import KeyValueConfig, StorageType
 
 from services.policy import pii, risk
 from services.policy.admissions import AdmissionStore
-from services.policy.budgets import BudgetStore, to_nano
 from services.policy.handlers import PolicyDeps, admit, admit_or_fail_closed, charge, settle
-from services.policy.ratelimit import RateLimiter
 from services.policy.settings import PolicySettings
-from services.policy.teams import TeamSettings, TeamStore
 from shared.auth import KeyEntry, KeyLimits, KeyRing
 from shared.canonical import ChatRequest, ChatResponse, Choice, Message, Usage
 from shared.catalog import load_catalog
@@ -40,8 +37,11 @@ from shared.events import (
     Target,
     terminal_id,
 )
-from tests.unit.helpers import chat, requested
-from tests.unit.policy.support import CATALOG
+from shared.state.budgets import BudgetStore, to_nano
+from shared.state.ratelimit import RateLimiter
+from shared.state.teams import TeamSettings, TeamStore
+from tests.support.events import chat, requested
+from tests.support.catalogs import GOVERNANCE_CATALOG
 
 SECRET = b"test-secret"
 RING = KeyRing(SECRET, [
@@ -62,7 +62,7 @@ MOCK = Target(deployment="mock/mock-1", provider="mock", model="mock-1", upstrea
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
     path = tmp_path_factory.mktemp("cat") / "catalog.yaml"
-    path.write_text(CATALOG)
+    path.write_text(GOVERNANCE_CATALOG)
     return load_catalog(path)
 
 
@@ -365,7 +365,7 @@ async def test_team_rate_refusal_takes_nothing_from_the_key(deps):
     assert h["x-ratelimit-limit-requests"] == "2" and h["x-ratelimit-remaining-requests"] == "0"
     assert "x-ratelimit-reset-requests" in h and denied[0].error.retry_after > 0
     key_state = await deps.limiter.state(f"key.{LIMITED}")
-    from services.policy.ratelimit import RateScope
+    from shared.state.ratelimit import RateScope
     gauges = deps.limiter.gauges(key_state, RateScope(key=f"key.{LIMITED}", rpm=5))
     assert gauges["requests"].remaining == 3  # the key's own limit counted only the 2 admitted
 

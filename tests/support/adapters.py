@@ -15,7 +15,7 @@ from shared.canonical import ChatRequest, FunctionCall, Message, StreamChunk, To
 from shared.catalog import ProviderSpec
 from shared.events import Target
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "providers"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "providers"
 UPSTREAM_MODEL = {"openai": "gpt-4o-mini", "openai-compatible": "llama3.1:8b", "azure": "gpt4o-mini-prod",
                   "anthropic": "claude-sonnet-4-5-20250929", "gemini": "gemini-2.5-flash",
                   "mistral": "mistral-small-2506", "bedrock": "us.anthropic.claude-haiku-4-5-20251001-v1:0"}

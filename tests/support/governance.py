@@ -1,0 +1,76 @@
+"""Builders shared by the governance tests: a private nats-server, Switchyard with several policy replicas,
+and small helpers to drive the admin API. Nothing here patches anything: every test runs the real stores on
+a real nats-server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from services.settings import Settings
+from shared.natsd import NatsServer
+from tests.support.catalogs import GOVERNANCE_CATALOG
+from tests.support.system import Replica, RunningSystem, make_settings, start_replica, start_system
+
+
+def settings_for(nats_url: str, data_dir: Path, **overrides) -> Settings:
+    """The end-to-end test settings (tests/support/system.py) with the governance catalog."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    catalog = data_dir / "catalog.yaml"
+    catalog.write_text(GOVERNANCE_CATALOG)
+    return make_settings(nats_url, data_dir, **{"catalog_path": str(catalog), **overrides})
+
+
+class Cluster:
+    """A private nats-server, Switchyard (all targets) and extra replicas, their key stores on ``clock``."""
+
+    def __init__(self, nats: NatsServer, system: RunningSystem, replicas: list[Replica], settings: Settings,
+                 clock: Callable[[], float] = time.time):
+        self.nats, self.system, self.replicas, self.settings = nats, system, replicas, settings
+        self.clock = clock
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return self.system.http
+
+    async def close(self) -> None:
+        for r in reversed(self.replicas):
+            await r.stop()
+        await self.system.close()
+        self.nats.stop()
+
+
+async def start_cluster(tmp: Path, policy_replicas: int = 2, clock: Callable[[], float] = time.time,
+                        **overrides) -> Cluster:
+    """Switchyard with ``policy_replicas`` policy processes sharing one durable consumer; every key store reads
+    ``clock``."""
+    nats = NatsServer(tmp / "nats").start()
+    settings = settings_for(nats.url, tmp / "data", **overrides)
+    system = await start_system(settings, clock=clock)
+    replicas = [await start_replica(settings, "policy", clock) for _ in range(policy_replicas - 1)]
+    return Cluster(nats, system, replicas, settings, clock)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+async def make_team(http: httpx.AsyncClient, name: str, **settings) -> dict:
+    r = await http.post("/v1/admin/teams", json={"name": name, "settings": settings})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def make_key(http: httpx.AsyncClient, team: str, role: str = "member", **extra) -> tuple[str, dict]:
+    r = await http.post("/v1/admin/keys", json={"team": team, "role": role, **extra})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    return body["key"], body
+
+
+def chat(content: str = "hello", model: str = "mock-1", **extra) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+

@@ -237,7 +237,7 @@ class SwitchyardSplit(Switchyard):
         env["SWITCHYARD_GATEWAY__PORT"] = str(self.port)
         for target in self.targets:
             # One host, one process per target: the pipeline runs at a lower CPU priority than the gateway and
-            # nats-server, so accepting work is not starved by draining it (SWITCHYARD_NICE, README).
+            # nats-server, so accepting work is not starved by draining it (SWITCHYARD_NICE, docs/operations.md).
             nice = {} if "gateway" in target.split(",") else {"SWITCHYARD_NICE": str(PIPELINE_NICE)}
             self.children.append(self.procs.start(f"{self.name}-{target.replace(':', '-').replace(',', '+')}",
                                                   self.command(target), env=env | nice, cwd=str(REPO)))
@@ -256,7 +256,7 @@ class SwitchyardDuo(SwitchyardSplit):
     """The request path in one process, audit in a second one (at the pipeline's nice), one nats-server.
 
     Audit reads every event of every request; in the request path's process its batches and its SQLite
-    thread share that event loop and GIL (README, Performance: what audit costs at concurrency 1).
+    thread share that event loop and GIL (docs/performance/README.md: what audit costs at concurrency 1).
     """
 
     name = "sy-duo"

@@ -4,8 +4,8 @@ The run, in order: install missing tools; start the nginx upstream and check
 each mode; then for each system in turn: start it, wait until a real
 completion succeeds, warm it up, and measure (idle memory, self-reported
 overhead, concurrency sweep with memory sampling, the 50 ms upstream,
-streaming TTFT, async jobs, 5,000 concurrent requests against the 1 s
-upstream), then stop it before the next system starts, so systems never
+streaming TTFT, response-cache hits, async jobs, 5,000 concurrent requests
+against the 1 s upstream), then stop it before the next system starts, so systems never
 compete for the two cores. Every process started is stopped on exit,
 Ctrl-C, SIGTERM or error.
 """
@@ -61,6 +61,8 @@ class Profile:
     burst: int = 5000           # concurrent requests at once against the 1 s upstream
     burst_timeout_s: float = 60.0  # a request against a 1 s upstream not answered in 60 s counts as failed
     settle_s: float = 1.0
+    cache: bool = True          # response-cache hits at c=1 and at cache_c (Switchyard only)
+    cache_c: int = 64
     ready_timeout_s: float = 180.0
     systems: tuple[str, ...] = ALL_SYSTEMS
 
@@ -158,6 +160,22 @@ def measure(system: System, wrk: str, p: Profile, res: dict) -> None:
         log(f"{system.name}: TTFT p50 {r.ttft_p50_ms} ms"
             + (f" (streaming unsupported: {r.unsupported[:80]})" if r.unsupported else ""))
 
+    def cache_hits() -> None:
+        # Every request the same deterministic one, asking for the response cache: after the first, all are hits.
+        if isinstance(system, Switchyard):
+            body, headers = {**system.body("fast"), "temperature": 0}, {"x-switchyard-cache": "use"}
+            with httpx.Client(timeout=10, headers={"authorization": f"Bearer {KEY}", **headers}) as c:
+                first = c.post(system.chat_url("fast"), json=body)
+                first.raise_for_status()
+                hit = c.post(system.chat_url("fast"), json=body)
+                if hit.headers.get("x-switchyard-cache") != "hit":
+                    raise RuntimeError(f"the repeat was not a cache hit: {hit.headers.get('x-switchyard-cache')}")
+            for c_, into, secs in ((1, "cache_hits_c1", p.c1_s), (p.cache_c, "cache_hits_load", p.run_s)):
+                r = run_wrk(wrk, system.chat_url("fast"), body, system.key, c_, secs, headers=headers)
+                res[into] = r.public()
+                log(f"{system.name}: cache hits c={c_}: {r.rps:.0f} req/s p50 {r.p50_ms} ms p99 {r.p99_ms} ms "
+                    f"errors {r.errors}")
+
     def jobs() -> None:
         if system.has_jobs:
             r = measure_jobs(wrk, system.jobs_url(), system.body("fast"), KEY, p.jobs_c, p.jobs_s, p.drain_timeout_s)
@@ -178,6 +196,8 @@ def measure(system: System, wrk: str, p: Profile, res: dict) -> None:
     if p.d50:
         step("50 ms upstream", d50)
     step("streaming TTFT", ttft)
+    if p.cache:
+        step("cache hits", cache_hits)
     step("async jobs", jobs)
     if p.burst:
         step(f"{p.burst} concurrent", burst)

@@ -64,11 +64,13 @@ end})
 
 
 def lua_script(path: str, body: dict, key: str | None, accept_status: int | None = None,
-               collect_ids: bool = False) -> str:
+               collect_ids: bool = False, headers: dict[str, str] | None = None) -> str:
     """The Lua for one target: method, path, headers and body, plus the reporting hooks."""
     lines = ['wrk.method = "POST"', f'wrk.path = "{path}"', 'wrk.headers["Content-Type"] = "application/json"']
     if key:
         lines.append(f'wrk.headers["Authorization"] = "Bearer {key}"')
+    for name, value in (headers or {}).items():
+        lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
     lines.append(f"wrk.body = [==[{json.dumps(body, separators=(',', ':'))}]==]")
     lines.append(f"COLLECT_IDS = {'true' if collect_ids else 'false'}")
     lines.append(f"ACCEPT_STATUS = {accept_status or 0}")
@@ -107,14 +109,14 @@ class WrkResult:
 
 def run_wrk(wrk: str, url: str, body: dict, key: str | None, connections: int, duration_s: float,
             threads: int | None = None, timeout_s: float = 10.0, accept_status: int | None = None,
-            collect_ids: bool = False) -> WrkResult:
+            collect_ids: bool = False, headers: dict[str, str] | None = None) -> WrkResult:
     """Run wrk once against ``url`` and parse its ``WRKJSON`` line."""
     parts = urlsplit(url)
     threads = threads or (1 if connections < 512 else 2)
     threads = max(1, min(threads, connections))
     res = WrkResult(connections=connections, duration_s=duration_s)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(lua_script(parts.path, body, key, accept_status, collect_ids))
+        f.write(lua_script(parts.path, body, key, accept_status, collect_ids, headers))
         script = f.name
     cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s", "--timeout", f"{timeout_s:g}s",
            "-s", script, f"{parts.scheme}://{parts.netloc}"]

@@ -88,6 +88,10 @@ def derive(results: dict) -> dict[str, dict[str, Any]]:
         best = best_point({**sweep, **s.get("search", {})})
         if best:
             f["best_rps"], f["best_c"] = best
+        hit = s.get("cache_hits_c1")
+        if hit and d1 and hit.get("p50_ms") is not None and d1.get("p50_ms") is not None and not hit["errors"]:
+            f["cache_added_p50_ms"] = hit["p50_ms"] - d1["p50_ms"]
+            f["cache_added_p99_ms"] = hit["p99_ms"] - d1["p99_ms"]
         t, dt = s.get("ttft") or {}, direct.get("ttft") or {}
         if t.get("ttft_p50_ms") is not None:
             f["ttft_p50_ms"] = t["ttft_p50_ms"]
@@ -169,6 +173,22 @@ def build_rows(results: dict) -> list[tuple[str, dict[str, tuple[str, float | No
         else "unsupported")
     row("added TTFT p50 (ms)", lambda n, s, f: f.get("added_ttft_p50_ms"))
     row("added TTFT p99 (ms)", lambda n, s, f: f.get("added_ttft_p99_ms"))
+    loads = [s["cache_hits_load"]["connections"] for s in systems.values() if s.get("cache_hits_load")]
+    if loads:
+        # Response-cache hits; the direct column holds the bare upstream's own figures at the same concurrency.
+        def hits(n: str, s: dict, key: str, c: int) -> dict | None:
+            return s.get(key) or (s.get("sweep", {}).get(str(c)) if n == "direct" else None)
+
+        c = max(loads)
+        row("cache hits c=1: p50 / p99 (ms) (direct: bare upstream)",
+            lambda n, s, f: lat(hits(n, s, "cache_hits_c1", 1)))
+        row("cache hits c=1: added p50 / p99 (ms)",
+            lambda n, s, f: f"{_num(f['cache_added_p50_ms'])} / {_num(f['cache_added_p99_ms'])}"
+            if "cache_added_p50_ms" in f else None)
+        row(f"cache hits c={c}: requests/s (direct: bare upstream)",
+            lambda n, s, f: hits(n, s, "cache_hits_load", c)["rps"])
+        row(f"cache hits c={c}: p50 / p99 (ms)", lambda n, s, f: lat(hits(n, s, "cache_hits_load", c)))
+        row(f"cache hits c={c}: errors", lambda n, s, f: (str(hits(n, s, "cache_hits_load", c)["errors"]), None))
     bursts = [s["burst"]["concurrency"] for s in systems.values() if s.get("burst")]
     if bursts:
         n = f"{max(bursts):,} at once @1 s upstream"

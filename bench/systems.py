@@ -232,7 +232,7 @@ class SwitchyardSplit(Switchyard):
         self.nats = NatsServer(self.workdir / "data" / "nats").start()
         self.procs.extra.append(self.nats)
         self.extra_pids = [self.nats.proc.pid]
-        env["SWITCHYARD_NATS__URL"] = self.nats.url
+        env.update(self.nats.client_env())  # its URL, and the passwords each process takes its role's from
         self.port = free_port()
         env["SWITCHYARD_GATEWAY__PORT"] = str(self.port)
         for target in self.targets:

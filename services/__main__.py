@@ -38,9 +38,15 @@ def cli() -> None:
         from shared.natsd import NatsServer
 
         port = int(os.environ.get("SWITCHYARD_EMBEDDED_NATS_PORT", "0")) or None
-        server = NatsServer(Path(settings.data_dir) / "nats", port=port).start()
-        settings.nats.url = server.url
-        print(f"switchyard: embedded nats-server {server.url} (store {server.store_dir})", flush=True)
+        nats = settings.nats
+        # Authenticated (one user per role) and encrypted at rest; this process connects as its targets' role.
+        server = NatsServer(Path(settings.data_dir) / "nats", port=port, stream=nats.stream, cipher=nats.store_cipher,
+                            store_key=nats.store_key.get_secret_value() if nats.store_key else None).start()
+        nats.url = server.url
+        if not nats.user and not nats.creds_file:
+            nats.passwords_file = str(server.passwords_path)
+        print(f"switchyard: embedded nats-server {server.url} (store {server.store_dir}, users and passwords in "
+              f"{server.passwords_path}, encrypted at rest)", flush=True)
     try:
         try:
             import uvloop

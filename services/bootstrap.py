@@ -11,22 +11,28 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
+import ipaddress
 import logging
 import os
 import signal
 import time
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 import msgspec
 
 from services.ops import serve_ops
 from services.runtime import Deps
-from services.settings import Settings
+from services.settings import DEFAULT_KEY_SECRET, Settings
 from services.targets import BY_NAME, Shape, name_of, parse_targets
 from shared.auth import KeyEntry, KeyLimits, KeyStore, generate_key
 from shared.bus import Bus
+from shared.bus.permissions import Access
 from shared.catalog import load_catalog
+from shared.collectors import start_collectors
+from shared.logs import use_json_logs
+from shared.state.buckets import KEYS
 from shared.state.stores import Stores
 from shared.telemetry import Telemetry
 
@@ -53,6 +59,35 @@ def build_keyring(settings: Settings, clock: Callable[[], float] = time.time) ->
     return KeyStore(settings.key_secret.get_secret_value().encode(), entries, clock), generated
 
 
+def check_key_secret(settings: Settings, shape: Shape) -> None:
+    """Refuse the public default ``SWITCHYARD_KEY_SECRET`` unless this runs the embedded default on loopback.
+
+    With the default secret anyone can compute a key's HMAC, so a key record written to the bus would let any
+    key in; it is tolerated only while the bus and the API are reachable from this machine alone, and said
+    loudly then.
+    """
+    if settings.key_secret.get_secret_value() != DEFAULT_KEY_SECRET:
+        return
+    exposed = [f"the bus ({u})" for u in settings.nats.servers if not _loopback(urlsplit(u).hostname)]
+    if shape.runs("gateway") and not _loopback(settings.gateway.host):
+        exposed.append(f"the API ({settings.gateway.host}:{settings.gateway.port})")
+    if exposed:
+        raise SystemExit(f"refusing to start: SWITCHYARD_KEY_SECRET is the public default and {' and '.join(exposed)} "
+                         f"is reachable beyond this machine; set it to a long random secret "
+                         f"(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    log.warning("!!! SWITCHYARD_KEY_SECRET is the public default: acceptable only for this local, loopback-only "
+                "run; set a long random secret before anything else can reach the bus or the API !!!")
+
+
+def _loopback(host: str | None) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address((host or "").strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _local_admin_key(data_dir: Path) -> tuple[str, str | None]:
     """The generated admin key, kept (mode 600) in the data dir so every process on this machine agrees.
 
@@ -74,16 +109,21 @@ def _local_admin_key(data_dir: Path) -> tuple[str, str | None]:
 
 async def build(settings: Settings, targets: list[str], clock: Callable[[], float] = time.time) -> Deps:
     """Everything the targets share; ``clock`` is what the key store checks expiry against (tests move it)."""
-    telemetry = Telemetry(settings.telemetry, service_name="switchyard-" + "-".join(t.replace(":", "-") for t in targets)[:60])
+    telemetry = Telemetry(settings.telemetry, service_name=service_name(targets))
     shape = Shape.of(targets)
+    check_key_secret(settings, shape)
+    access = Access(shape.role)  # the bus user of this process: its targets' permissions (shared.bus.permissions)
     bus = Bus(settings.nats, telemetry, name="switchyard:" + ",".join(targets),
-              busy_poll_s=BUSY_POLL_S if shape.busy_polls else 0.0)
+              busy_poll_s=BUSY_POLL_S if shape.busy_polls else 0.0, access=access)
     await bus.connect()
     await bus.ensure_stream()
     catalog = load_catalog(settings.catalog_path)
     keyring, generated = build_keyring(settings, clock)
     if shape.needs("keys"):
-        await keyring.start(bus)  # seeds the configured keys into KV and keeps a watched index of all keys
+        # Seeds the configured keys into KV (where this role owns the keys) and keeps a watched index of all keys.
+        await keyring.start(bus, seed=access.writes(KEYS.name))
+    if shape.runs("gateway"):
+        bus.capacity.start()  # how full the stream is, for refusing new work before it is (shared.bus.capacity)
     if generated and shape.runs("gateway"):
         # Printed once so a developer can call the API; set SWITCHYARD_ADMIN_KEY to choose it.
         print(f"switchyard: generated admin key (kept in {settings.data_dir}/admin.key; set SWITCHYARD_ADMIN_KEY "
@@ -104,11 +144,14 @@ async def run_targets(deps: Deps, stop: asyncio.Event) -> None:
         tasks.append(asyncio.ensure_future(module.run(deps, arg or None)))
     if not deps.shape.serves_ops and deps.settings.metrics_port is not None:
         tasks.append(asyncio.ensure_future(serve_ops(deps, deps.settings.metrics_port)))
+    tel = deps.settings.telemetry
+    start_collectors(deps.bus, deps.telemetry.metrics, tel.collect_interval_s, tel.loop_lag_interval_s)
     waiter = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for t in done:
         if t is not waiter and t.exception() is not None:
             log.error("target failed: %r", t.exception())
+    await drain(deps, deps.settings.shutdown_grace_s)
     for fn in reversed(deps.on_stop):
         try:
             await fn()
@@ -118,15 +161,42 @@ async def run_targets(deps: Deps, stop: asyncio.Event) -> None:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await deps.bus.close()
+    deps.telemetry.shutdown()
+
+
+async def drain(deps: Deps, grace_s: float) -> None:
+    """Shutdown's first steps, within ``grace_s``: /readyz turns 503, the HTTP servers stop accepting and answer
+    the requests they hold (the pipeline still runs for them), then the consumers stop pulling and finish or
+    hand back their messages. Whatever is still running at the deadline is cancelled by the caller."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    deps.draining = True
+    steps = [asyncio.ensure_future(fn()) for fn in deps.on_drain]
+    if steps:
+        done, _ = await asyncio.wait(steps, timeout=grace_s)
+        for t in done:
+            if t.exception() is not None:
+                log.warning("drain step failed: %r", t.exception())
+    await deps.bus.drain(max(0.0, deadline - loop.time()))
+
+
+def service_name(targets: list[str]) -> str:
+    """The process's name in traces and logs: ``switchyard-gateway``, ``switchyard-worker-openai`` ..."""
+    return "switchyard-" + "-".join(t.replace(":", "-") for t in targets)[:60]
 
 
 async def main(settings: Settings, targets: list[str]) -> None:
+    json_logs = settings.telemetry.log_format == "json"
+    if json_logs:
+        use_json_logs(service_name(targets))
     lower_cpu_priority(settings.nice)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     deps = await build(settings, targets)
+    if json_logs:  # from now on with the trace and request ids of the work that logs
+        use_json_logs(service_name(targets), deps.telemetry)
     tune_gc()
     await run_targets(deps, stop)
 

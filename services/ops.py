@@ -2,11 +2,15 @@
 
 ``/healthz``, ``/readyz`` (every target of this process started and the bus
 connected) and ``/metrics`` are served beside the API by a gateway, and on
-``SWITCHYARD_METRICS_PORT`` by a process that runs no gateway.
+``SWITCHYARD_METRICS_PORT`` by a process that runs no gateway, on
+``SWITCHYARD_METRICS_HOST`` (127.0.0.1 unless the operator opens it, e.g. to
+``0.0.0.0`` for a scraper in a pod). Every server here reads requests through
+``services.http_limits`` (head and body deadlines, head size).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -16,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from services.http_limits import guarded_protocol
 from services.runtime import Deps
 
 
@@ -53,23 +58,30 @@ class _Server(uvicorn.Server):
 
 
 async def serve(app, host: str, port: int, deps: Deps) -> None:
+    limits = deps.settings.http
     # No proxy-headers middleware: nothing here reads the client address, and it ran on every request.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-                            loop="none", http="httptools", timeout_keep_alive=30, backlog=4096,
-                            proxy_headers=False)
+                            loop="none", http=guarded_protocol(limits), timeout_keep_alive=limits.keep_alive_s,
+                            backlog=4096, proxy_headers=False)
     server = _Server(config)
+    finished = asyncio.Event()
 
     async def stop() -> None:
+        # Stop accepting; uvicorn answers the requests it holds before ``serve`` returns.
         server.should_exit = True
+        await finished.wait()
 
-    deps.on_stop.append(stop)
-    await server.serve()
+    deps.on_drain.append(stop)
+    try:
+        await server.serve()
+    finally:
+        finished.set()
 
 
 async def serve_ops(deps: Deps, port: int) -> None:
-    """Only /healthz, /readyz and /metrics (processes that run no gateway)."""
+    """Only /healthz, /readyz and /metrics (processes that run no gateway), on ``SWITCHYARD_METRICS_HOST``."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     install_ops_routes(app, deps)
-    await serve(app, "0.0.0.0", port, deps)
+    await serve(app, deps.settings.metrics_host, port, deps)
 
 

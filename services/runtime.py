@@ -53,6 +53,9 @@ class Deps:
     ready: dict[str, bool] = field(default_factory=dict)
     local: LocalStages = field(default_factory=LocalStages)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Shutdown's first steps (stop taking new work, finish what is held), run before the bus drains.
+    on_drain: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    draining: bool = False  # set on SIGTERM: /readyz answers 503 so load balancers stop sending work
 
     def is_ready(self) -> bool:
-        return self.bus.connected and all(self.ready.get(t, False) for t in self.targets)
+        return not self.draining and self.bus.connected and all(self.ready.get(t, False) for t in self.targets)

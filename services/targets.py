@@ -13,7 +13,10 @@ this table and nothing else:
 - a target that ``fuses`` another calls that target's stage in-process when both
   run in the same process (policy routes an admitted request itself; the router's
   ``fuse_with_policy`` setting turns it off);
-- a target that must know whether it shares its event loop asks ``Shape``.
+- a target that must know whether it shares its event loop asks ``Shape``;
+- the process connects to the bus as the role of its targets (``Shape.role``: one
+  target's name, their ``+`` combination, or ``all``), whose permissions are the
+  union of its targets' rows in ``shared.bus.permissions.ROLES``.
 
 ``python -m services --list-targets`` prints the table.
 """
@@ -21,6 +24,8 @@ this table and nothing else:
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from shared.bus.permissions import role_name
 
 # What the bootstrap or a target builds for a target that names it in ``needs``.
 RESOURCES: dict[str, str] = {
@@ -33,6 +38,8 @@ RESOURCES: dict[str, str] = {
     "admissions": "what admission took per request, in KV (sy_admissions)",
     "health": "breakers and observed provider health in KV, watched",
     "jobs": "async job records in KV (sy_jobs)",
+    "cache": "the response cache in KV (sy_cache): answers, coalescing locks, semantic index",
+    "prompts": "prompt templates in KV (sy_prompts)",
     "audit-store": "traces and the cost ledger in SQL (SQLite or PostgreSQL)",
     "providers": "one pooled HTTP client and adapter per provider",
 }
@@ -62,9 +69,9 @@ TARGETS: tuple[Target, ...] = (
     Target("router", "services.router.service", "candidate scoring, breakers, retries and fallback",
            needs=("bus", "catalog", "health"), request_path=True),
     Target("worker", "services.workers.service", "provider calls, one consumer per provider",
-           needs=("bus", "catalog", "health", "jobs", "providers"), request_path=True, arg="provider"),
+           needs=("bus", "catalog", "health", "jobs", "providers", "cache"), request_path=True, arg="provider"),
     Target("gateway", "services.gateway.app", "the HTTP API: completions, streaming, jobs, reads, admin",
-           needs=("bus", "catalog", "keys", "jobs", "health", "teams", "budgets", "rates"),
+           needs=("bus", "catalog", "keys", "jobs", "health", "teams", "budgets", "rates", "cache", "prompts"),
            request_path=True, serves_ops=True),
 )
 BY_NAME: dict[str, Target] = {t.name: t for t in TARGETS}
@@ -119,6 +126,11 @@ class Shape:
     def needs(self, resource: str) -> bool:
         """Whether any target of this process needs ``resource``."""
         return any(resource in BY_NAME[n].needs for n in self.names)
+
+    @property
+    def role(self) -> str:
+        """The bus user of this process: the union of its targets' permissions (shared.bus.permissions)."""
+        return role_name(self.names)
 
     @property
     def busy_polls(self) -> bool:

@@ -21,6 +21,10 @@ Keys given in configuration (``SWITCHYARD_ADMIN_KEY``, ``SWITCHYARD_API_KEYS``)
 are seeded into the bucket at start: created when missing, their attributes
 brought in line with the configuration when they changed. A configured key
 revoked through the admin API stays revoked.
+
+A bearer that is no API key may be a JWT of a configured OpenID Connect
+issuer (``shared.oidc``): its principal is the token's subject, with
+``issuer`` set.
 """
 
 from __future__ import annotations
@@ -57,11 +61,12 @@ MAX_KEY_LENGTH = 256
 class Principal:
     """The identity a request is attributed to; taken only from the key, never from the body."""
 
-    key_id: str
+    key_id: str  # the key's id, or an OIDC subject's stable id (``shared.oidc.subject_id``)
     tenant: str
     team: str
     role: Role = "member"
     operator: bool = False  # may manage every tenant (the configured admin key)
+    issuer: str | None = None  # the OIDC issuer whose token this is (None: an API key)
 
 
 class KeyLimits(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -237,10 +242,11 @@ class KeyStore(KeyRing):
         self._live = False  # the watch is following the bucket right now
         self.started = False
 
-    async def start(self, bus: "Bus", timeout: float = 10.0) -> None:
-        """Open the bucket, seed the configured keys, load every key and keep watching."""
+    async def start(self, bus: "Bus", timeout: float = 10.0, *, seed: bool = True) -> None:
+        """Open the bucket, seed the configured keys (``seed``: a process whose role writes keys), load every key
+        and keep watching."""
         self._kv = await bus.kv(KEYS)
-        for entry in self._seed:
+        for entry in self._seed if seed else ():
             await self._seed_one(entry)
         bus.start(self._watch())
         await asyncio.wait_for(self._synced.wait(), timeout)

@@ -155,7 +155,7 @@ class StreamChunk(Struct, kw_only=True, omit_defaults=True):
 
 
 def prompt_text(request: ChatRequest) -> str:
-    """All text the prompt carries, concatenated (for size estimates and scanning)."""
+    """The text of the messages' contents, concatenated (what a reader of the conversation sees)."""
     parts: list[str] = []
     for m in request.messages:
         if isinstance(m.content, str):
@@ -165,15 +165,88 @@ def prompt_text(request: ChatRequest) -> str:
     return "\n".join(parts)
 
 
+CHARS_PER_TOKEN = 4
+MESSAGE_OVERHEAD_TOKENS = 4  # the role and the chat template's delimiters around each message
+IMAGE_TOKENS_LOW = 85  # an image at ``detail: "low"``: OpenAI's fixed price for one
+# Any other image: about the most one image costs on the providers (Anthropic bills up to ~1,600 for an image at
+# its size cap; OpenAI's high-detail tiles and Gemini's 258 a tile stay below).
+IMAGE_TOKENS = 1_600
+
+_json = msgspec.json.Encoder()
+
+
+class PromptSize(Struct, frozen=True):
+    """What a request sends upstream: ``chars`` of text, and the estimated ``tokens`` the provider will bill."""
+
+    chars: int
+    tokens: int
+
+
+def _parts_size(parts: list[ContentPart]) -> tuple[int, int, int]:
+    """(text characters, text pieces, fixed media tokens) of a multi-part content."""
+    chars = pieces = media = 0
+    for p in parts:
+        if p.text:
+            chars += len(p.text)
+            pieces += 1
+        elif p.image_url is not None:
+            media += IMAGE_TOKENS_LOW if p.image_url.get("detail") == "low" else IMAGE_TOKENS
+        elif p.file is not None or p.input_audio is not None:
+            # Files (PDFs) and audio are billed by the provider's own reckoning of their content; counting
+            # their encoded size as text over-estimates, never under-estimates, what they can cost.
+            chars += len(_json.encode(p.file if p.file is not None else p.input_audio))
+            pieces += 1
+    return chars, pieces, media
+
+
+def measure_prompt(request: ChatRequest) -> PromptSize:
+    """Everything the request sends upstream, measured once: the one count behind ``max_prompt_chars``, the
+    context-length check, the tokens counted against TPM and the budget reservation.
+
+    Characters: the text of every message of every role (contents, text parts, names, refusals), the
+    arguments and names of tool calls, file and audio parts at their encoded size, the tool definitions,
+    ``tool_choice``, ``response_format`` and ``stop`` (as the JSON sent). Tokens: characters at
+    ``CHARS_PER_TOKEN``, plus ``MESSAGE_OVERHEAD_TOKENS`` a message, plus a fixed cost per image
+    (``IMAGE_TOKENS_LOW`` at detail "low", ``IMAGE_TOKENS`` otherwise) whatever its encoded size.
+    A request of plain string messages measures exactly as ``prompt_text`` reads it.
+    """
+    chars = pieces = media = 0
+    for m in request.messages:
+        if isinstance(m.content, str):
+            chars += len(m.content)
+            pieces += 1
+        elif m.content:
+            c, n, media_tokens = _parts_size(m.content)
+            chars, pieces, media = chars + c, pieces + n, media + media_tokens
+        if m.name:
+            chars += len(m.name)
+        if m.refusal:
+            chars += len(m.refusal)
+        for call in m.tool_calls or ():
+            fn = call.function
+            if fn is not None:
+                chars += len(fn.name or "") + len(fn.arguments or "")
+    chars += max(0, pieces - 1)  # the newlines ``prompt_text`` joins the pieces with
+    for extra in (request.tools, request.tool_choice, request.response_format, request.stop):
+        if extra:
+            chars += len(extra) if isinstance(extra, str) else len(_json.encode(extra))
+    text_tokens = max(1, (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
+    return PromptSize(chars=chars, tokens=text_tokens + media + MESSAGE_OVERHEAD_TOKENS * len(request.messages))
+
+
 def estimate_tokens(text: str) -> int:
     """A cheap, provider-neutral token estimate (~4 characters a token), used before the provider counts."""
-    return max(1, (len(text) + 3) // 4)
+    return max(1, (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
 
 
-def estimate_prompt_tokens(request: ChatRequest, text: str | None = None) -> int:
-    """Estimated prompt tokens including per-message overhead; ``text`` is ``prompt_text(request)`` when the
-    caller has it already (building it walks the whole prompt)."""
-    return estimate_tokens(prompt_text(request) if text is None else text) + 4 * len(request.messages)
+def estimate_prompt_tokens(request: ChatRequest) -> int:
+    """Estimated prompt tokens of everything the request sends upstream (``measure_prompt``)."""
+    return measure_prompt(request).tokens
+
+
+# The widest embedding any provider offers is a few thousand dimensions; a larger ask is a mistake or an attempt
+# to make a provider (the in-process mock above all) compute and ship huge vectors.
+MAX_EMBEDDING_DIMENSIONS = 8192
 
 
 class EmbeddingRequest(Struct, kw_only=True, omit_defaults=True):
@@ -182,7 +255,7 @@ class EmbeddingRequest(Struct, kw_only=True, omit_defaults=True):
     model: Annotated[str, Meta(min_length=1, max_length=256)]
     input: str | list[str | int | list[int]]  # text, texts, token ids, or lists of token ids
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    dimensions: Annotated[int, Meta(ge=1, le=MAX_EMBEDDING_DIMENSIONS)] | None = None
     user: str | None = None
     switchyard: dict[str, Any] | None = None
 

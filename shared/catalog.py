@@ -95,6 +95,10 @@ class ProviderSpec(_Spec):
         None, description="the most sensitive data class this provider may receive (default: restricted when "
                           "self-hosted, confidential otherwise)")
     breaker: BreakerSpec | None = Field(None, description="circuit-breaker overrides for this provider")
+    fault_injection: bool = Field(
+        False, description="honour a request's ``switchyard.mock`` faults (latency, status, cut streams) on this "
+                           "provider (a mock); off, such a request is refused (400): a fault a client injects "
+                           "feeds the breaker every tenant shares")
 
     @property
     def data_class_ceiling(self) -> str:

@@ -9,6 +9,7 @@
     │   ├── NotFound                   404 not_found / model_not_found
     │   ├── Conflict                   409 conflict
     │   ├── PayloadTooLarge            413 request_too_large
+    │   │   └── BodyTooLarge           413, and the connection closes (the rest of the body is never read)
     │   ├── Unprocessable              422 unprocessable_entity
     │   └── RateLimited                429 rate_limit_exceeded (carries retry_after)
     ├── UpstreamError                  a provider misbehaved; retryable unless said otherwise
@@ -140,6 +141,13 @@ class PayloadTooLarge(ClientError):
 
     status = 413
     code = "request_too_large"
+
+
+class BodyTooLarge(PayloadTooLarge):
+    """The request body is over the limit; it was not read in full, so its connection cannot be reused."""
+
+    def info(self) -> ErrorInfo:
+        return msgspec.structs.replace(super().info(), headers={"connection": "close"})
 
 
 class Unprocessable(ClientError):

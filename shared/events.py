@@ -82,6 +82,23 @@ def cancel_subject(request_id: str) -> str:
     return f"sy.cancel.{request_id}"
 
 
+class CachePlan(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the worker does with the response cache for one request (decided by policy at admission)."""
+
+    mode: str  # use (look up, store a miss) / refresh (skip the lookup, store) / bypass (neither; ``reason`` says why)
+    ttl_s: float = 0.0  # how long a stored answer is served (the team's TTL under the operator's ceiling)
+    semantic: bool = False  # also look up similar prompts (the team's cache mode is ``semantic``)
+    similarity: float = 0.0  # the cosine similarity a semantic hit needs
+    reason: str = ""
+
+
+class PromptRef(Struct, frozen=True, kw_only=True):
+    """The prompt template a request was rendered from (never its variables or text)."""
+
+    id: str
+    version: int
+
+
 class RequestContext(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Who asked, where the answer goes, and by when: carried by every event of a request."""
 
@@ -99,8 +116,16 @@ class RequestContext(Struct, frozen=True, kw_only=True, omit_defaults=True):
     store_text: bool = False  # the team lets audit keep completion text
     redactions: dict[str, int] | None = None  # PII kind → count replaced by placeholders (never the values)
     rate_headers: dict[str, str] | None = None  # x-ratelimit-* as of admission, for the response
-    # False once policy admitted the request without taking any rate quota or budget: nothing to settle.
+    # False once policy admitted the request without reserving any budget: nothing to settle (rate quota is
+    # never given back once a request is admitted).
     holds_quota: bool = True
+    # Set by the gateway for a caller signed in with an OIDC token (None: an API key): the issuer that vouched for
+    # it and the role its claims map to; ``key_id`` is then the subject's stable id (shared.oidc.subject_id).
+    issuer: str | None = None
+    role: str | None = None
+    cache: str | None = None  # the client's x-switchyard-cache (use / refresh / off), set by the gateway
+    cache_plan: CachePlan | None = None  # set by policy: None when the cache is not in play for this request
+    prompt: PromptRef | None = None  # set by the gateway when the request referenced a prompt template
 
     def remaining(self, now: float | None = None) -> float:
         return self.deadline - (time.time() if now is None else now)
@@ -316,6 +341,24 @@ class Terminal(Event, frozen=True, kw_only=True, tag=True):
         return done_subject(self.ctx.origin)
 
 
+class CacheInfo(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the response cache did for a request: answered it (hit), stored its answer (miss), or stayed out."""
+
+    status: str  # hit / miss / bypass
+    kind: str = "exact"  # exact / semantic (how a hit matched)
+    reason: str = ""  # why bypass (or "refresh": the lookup was skipped on request)
+    similarity: float | None = None  # a semantic hit's cosine similarity
+    age_s: float | None = None  # how old the served answer is
+    source: str = ""  # the request whose upstream answer a hit replays
+    savings_usd: float = 0.0  # what the served answer cost upstream when it was made (a hit's saving)
+    lookup_cost_usd: float = 0.0  # the embeddings call of a semantic lookup (included in the request's cost)
+    coalesced: bool = False  # the answer came from an identical request in flight at the same time
+
+    def public(self) -> dict[str, Any]:
+        """Every field, defaults included (the response's ``switchyard.cache`` and the trace)."""
+        return {f: getattr(self, f) for f in self.__struct_fields__}
+
+
 class CompletionSucceeded(Terminal, frozen=True, kw_only=True, tag=True):
     """The request was answered."""
 
@@ -331,6 +374,7 @@ class CompletionSucceeded(Terminal, frozen=True, kw_only=True, tag=True):
     embeddings: list[list[float]] | None = None  # embeddings requests: the vectors, in input order
     decision: RoutingDecision | None = None  # the routing decision that led here
     degraded: bool = False  # answered by the last-resort model
+    cache: CacheInfo | None = None  # set when the response cache was in play
 
 
 class CompletionFailed(Terminal, frozen=True, kw_only=True, tag=True):
@@ -418,6 +462,7 @@ class ChunkMessage(Struct, frozen=True, kw_only=True, omit_defaults=True):
     seq: int
     chunk: StreamChunk
     model: str = ""  # the catalog model serving the attempt
+    cache: str = ""  # hit / miss / bypass when the response cache is in play (the gateway's response header)
 
 
 chunk_encoder = msgspec.json.Encoder()
@@ -481,6 +526,7 @@ class JobRecord(Struct, kw_only=True, omit_defaults=True):
     completed_at: float | None = None
     result: dict | None = None  # the chat completion, OpenAI shape
     error: ErrorInfo | None = None
+    size: int = 0  # bytes of the request as submitted, as counted against its tenant's queue cap (never shown)
 
     def public(self) -> dict:
         """The job as the API shows it."""

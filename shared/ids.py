@@ -10,17 +10,19 @@
 
 A pattern is used with ``match`` (a boolean test on a value that may be
 refused quietly, e.g. a 404); a ``check_*`` function raises ``ValueError``
-naming what was refused, for configuration and pydantic validators.
+naming what was refused, for configuration and pydantic validators. Every
+pattern ends in ``\Z``, not ``$``: ``$`` also matches before a trailing
+newline, and ``"team-a\n"`` would pass, then break a KV key or a subject.
 """
 
 from __future__ import annotations
 
 import re
 
-SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-SAFE_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
-SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-SAFE_CATALOG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+SAFE_KEY_ID = re.compile(r"^[0-9a-f]{16}\Z")
+SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+SAFE_CATALOG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}\Z")
 
 
 def check_name(value: str, what: str) -> str:
@@ -33,6 +35,6 @@ def check_name(value: str, what: str) -> str:
 
 def check_catalog_id(value: str, what: str) -> str:
     """``value`` if it is a safe model name or deployment id, else ValueError naming ``what`` (plural)."""
-    if not SAFE_CATALOG_ID.match(value):
+    if not isinstance(value, str) or not SAFE_CATALOG_ID.match(value):
         raise ValueError(f"{what} use letters, digits and . _ : / -")
     return value

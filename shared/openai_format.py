@@ -91,7 +91,9 @@ def switchyard_object(event: CompletionSucceeded) -> dict[str, Any]:
     the routing decision; ``path`` lists every attempt in order;
     ``savings_usd`` is what the actual usage would have cost on the most
     expensive eligible candidate (``baseline``) minus what it did cost;
-    ``degraded`` is true when the designated last-resort model answered.
+    ``degraded`` is true when the designated last-resort model answered;
+    ``cache`` says what the response cache did (hit / miss / bypass, how a hit
+    matched, its age, the request it replays, the savings).
     """
     target, d = event.target, event.decision
     out: dict[str, Any] = {
@@ -112,13 +114,17 @@ def switchyard_object(event: CompletionSucceeded) -> dict[str, Any]:
              "outcome": "success", "latency_ms": round(event.latency_ms, 3)},
         ],
     }
+    if event.cache is not None:
+        out["cache"] = event.cache.public()
     if d is None:
         return out
     baseline = None
     savings = 0.0
     if d.baseline is not None:
         b, u = d.baseline, event.response.usage
-        savings = savings_usd(b, u, event.cost_usd) if b.model != target.model else 0.0
+        # A cache hit's saving is the cache's (``cache.savings_usd``), not the routing's.
+        hit = event.cache is not None and event.cache.status == "hit"
+        savings = savings_usd(b, u, event.cost_usd) if b.model != target.model and not hit else 0.0
         baseline = {"model": b.model, "estimated_cost_usd": b.est_cost_usd, "cost_usd_for_this_usage": cost_usd(b, u)}
     out.update({
         "reason": d.reason,

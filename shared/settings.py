@@ -6,23 +6,60 @@ Service-specific sections live in each service's ``settings.py``; the root
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
 
 
 class NatsSettings(BaseModel):
     """How to reach the bus and how the stream is laid out."""
 
-    url: str = "nats://127.0.0.1:4222"
+    url: str = Field("nats://127.0.0.1:4222", description="a server, or a comma list of a cluster's servers "
+                     "(the client learns the rest of the cluster from whichever answers)")
     stream: str = "SWITCHYARD"
-    replicas: int = Field(1, ge=1, le=5)
+    replicas: int = Field(1, ge=1, le=5, description="replicas of the event stream (3 on a 3-node cluster); an "
+                          "existing stream is brought to this count at start")
     max_age_s: float = Field(7 * 24 * 3600, gt=0, description="how long events stay in the stream")
     max_bytes: int = Field(8 * 1024**3, description="stream size cap in bytes (-1: none)")
     duplicate_window_s: float = Field(300, gt=0, description="Nats-Msg-Id de-duplication window")
     connect_timeout_s: float = 5.0
-    kv_replicas: int = Field(1, ge=1, le=5)
+    kv_replicas: int = Field(1, ge=1, le=5, description="replicas of each KV bucket when it is created")
     busy_poll_us: int | None = Field(None, ge=0, le=100_000, description="after each message, keep the event "
                                      "loop polling (not sleeping) this long; 0: off; unset: 500 in a process that "
                                      "runs the whole request path, else off (see shared/bus/busypoll.py)")
+    # ---- the bus as a trust boundary (docs/security.md): who connects, over what, stored how ----
+    user: str | None = Field(None, description="NATS user: the role this process plays (gateway, policy, router, "
+                             "worker, audit, a '+' joined combination such as policy+router, or all); unset with "
+                             "passwords_file: the role of this process's targets")
+    password: SecretStr | None = Field(None, description="that user's NATS password")
+    creds_file: str | None = Field(None, description="a NATS .creds file (JWT and nkey seed) instead of a password")
+    passwords_file: str | None = Field(None, description="the embedded server's generated passwords (JSON, mode "
+                                       "600): a process without user connects as its targets' role from it")
+    tls_ca_file: str | None = Field(None, description="CA bundle to verify the NATS server (turns TLS on)")
+    tls_cert_file: str | None = Field(None, description="client certificate, for servers that verify clients")
+    tls_key_file: str | None = Field(None, description="the client certificate's private key")
+    store_key: SecretStr | None = Field(None, description="the embedded server's JetStream encryption key; "
+                                        "generated in its data directory (mode 600) when unset")
+    store_cipher: Literal["chachapoly", "aes"] = Field("chachapoly", description="the embedded server's "
+                                                       "JetStream cipher")
+    # ---- accepted work is never evicted; payloads are kept only as long as they are needed ----
+    max_msgs: int = Field(-1, description="stream message cap (-1: none); with max_bytes, a full stream refuses "
+                          "new events (discard new) and never drops accepted ones")
+    admit_below: float = Field(0.9, gt=0, le=1, description="the gateway accepts new requests only while the "
+                               "stream is less full than this (of max_bytes and of max_msgs); the rest is room "
+                               "for accepted work to move on")
+    capacity_poll_s: float = Field(1.0, gt=0, description="how often the gateway reads how full the stream is")
+    full_retry_after_s: float = Field(5.0, gt=0, le=120, description="Retry-After of a request refused because "
+                                      "the stream is full")
+    sweep_s: float = Field(1.0, ge=0, description="how often audit removes the events every reader has "
+                           "acknowledged from the stream (0: they stay until max_age_s)")
+    job_ttl_s: float = Field(24 * 3600, gt=0, description="how long a job's record and result stay in KV")
+
+
+    @property
+    def servers(self) -> list[str]:
+        """``url`` as the client's server list."""
+        return [u.strip() for u in self.url.split(",") if u.strip()]
 
 
 class ConsumerSettings(BaseModel):
@@ -40,3 +77,13 @@ class TelemetrySettings(BaseModel):
 
     otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; spans are dropped when unset")
     sample_ratio: float = Field(1.0, ge=0, le=1)
+    # Operators' view (docs/operations.md#metrics): bounded labels, periodic collectors, log format.
+    max_tenants: int = Field(100, ge=1, description="distinct tenants given their own metric label; later ones "
+                                                      "are counted as 'other'")
+    max_teams: int = Field(500, ge=1, description="distinct tenant/team pairs given their own metric labels; "
+                                                    "later teams are counted as 'other'")
+    collect_interval_s: float = Field(15.0, gt=0, description="how often consumer, stream, budget and job gauges "
+                                                                "are read (off the request path)")
+    loop_lag_interval_s: float = Field(0.5, gt=0, description="how often the event loop's lag is sampled")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line with the "
+                                                                    "trace and request ids")

@@ -27,7 +27,7 @@ def clock() -> SteppedClock:
 @pytest.fixture(scope="session")
 async def system(nats_server, tmp_path_factory) -> AsyncIterator[RunningSystem]:
     """One Switchyard for the end-to-end tests of this session."""
-    settings = make_settings(nats_server.url, tmp_path_factory.mktemp("data"))
+    settings = make_settings(nats_server, tmp_path_factory.mktemp("data"))
     running = await start_system(settings)
     yield running
     await running.close()

@@ -34,7 +34,9 @@ Attempts (key ``(request_id, attempt, delivery)``):
 
 Ledger (key ``(request_id, attempt)``): one row per billed attempt — every
 ``CompletionSucceeded`` (its ``cost_usd``) and every ``AttemptFailed`` with
-``cost_usd > 0`` (a provider that charged for a call that then failed).
+``cost_usd > 0`` (a provider that charged for a call that then failed). A
+response-cache hit is a ``CompletionSucceeded`` too: its row has ``cache =
+hit``, ``cost_usd`` 0 (no upstream call) and the ``savings_usd``.
 
 Prompt text is never read into a row. Completion text goes on the request row
 only when ``store_text`` is on (``AuditSettings.store_text``, default off), or
@@ -124,6 +126,8 @@ class RequestRow(Struct, frozen=True, kw_only=True):
     error_message: str | None = None
     trace_id: str | None = None
     completion_text: str | None = None  # only with store_text
+    prompt_id: str | None = None  # the prompt template the request was rendered from (never its text)
+    prompt_version: int | None = None
 
     @property
     def stage(self) -> int:
@@ -150,6 +154,7 @@ class AttemptRow(Struct, frozen=True, kw_only=True):
     error_code: str | None = None
     error_message: str | None = None
     ttft_ms: float | None = None  # streamed attempts: time to the first chunk
+    cache: str | None = None  # what the response cache did (CacheInfo as JSON), on a success
 
 
 class LedgerRow(Struct, frozen=True, kw_only=True):
@@ -169,6 +174,8 @@ class LedgerRow(Struct, frozen=True, kw_only=True):
     reasoning_tokens: int
     cost_usd: float
     ts: float
+    cache: str | None = None  # hit / miss / bypass when the response cache was in play
+    savings_usd: float | None = None  # a hit: what the answer it replays cost upstream
 
 
 class AdmissionRow(Struct, frozen=True, kw_only=True):
@@ -250,6 +257,10 @@ class JobUpdate(Struct, frozen=True, kw_only=True):
             model=current.model or self.proposed.model,
             created_at=current.created_at,
             started_at=min(started) if started else None,
+            # What its tenant's queue cap counted it by (the gateway's record): given back when it ends.
+            key_id=current.key_id or self.proposed.key_id,
+            deadline=current.deadline or self.proposed.deadline,
+            size=current.size or self.proposed.size,
         )
 
 
@@ -340,6 +351,7 @@ def _request_row(event: AnyEvent, store_text: bool, trace_id: str | None) -> Req
         request_id=event.request_id, tenant=ctx.tenant, team=ctx.team, key_id=ctx.key_id,
         model=_requested_model(event), status=_status_of(event), created_at=ctx.received_at,
         job=ctx.job, trace_id=trace_id,
+        prompt_id=ctx.prompt.id if ctx.prompt else None, prompt_version=ctx.prompt.version if ctx.prompt else None,
     )
     if isinstance(event, CompletionFailed):
         e = event.error
@@ -361,6 +373,8 @@ def _merge_request(old: RequestRow | None, new: RequestRow) -> RequestRow:
         tenant=old.tenant, team=old.team, key_id=old.key_id, created_at=old.created_at, job=old.job,
         model=old.model or new.model,
         trace_id=old.trace_id or new.trace_id,
+        prompt_id=old.prompt_id or new.prompt_id,
+        prompt_version=old.prompt_version or new.prompt_version,
     )
 
 
@@ -378,7 +392,8 @@ def _attempt_row(event: AnyEvent) -> AttemptRow | None:
     if isinstance(event, CompletionSucceeded):
         base = _attempt_base(event.request_id, event.attempt, FINAL_DELIVERY, event.target, SUCCESS, event.ts)
         return msgspec.structs.replace(base, latency_ms=event.latency_ms, cost_usd=event.cost_usd,
-                                       ttft_ms=event.ttft_ms, **_tokens(event.response.usage))
+                                       ttft_ms=event.ttft_ms, **_tokens(event.response.usage),
+                                       cache=_details_encoder.encode(event.cache.public()).decode() if event.cache else None)
     if isinstance(event, AttemptAbandoned):
         # Delivery numbers start at 1; 0 is reserved for the attempt's own record.
         delivery = max(event.delivery, 1)
@@ -417,9 +432,12 @@ def _ledger_row(event: AnyEvent) -> LedgerRow | None:
     ctx = event.ctx
     tokens = _tokens(usage) if usage is not None else {
         "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0}
+    cache = event.cache if isinstance(event, CompletionSucceeded) else None
     return LedgerRow(request_id=event.request_id, attempt=attempt, tenant=ctx.tenant, team=ctx.team,
                      key_id=ctx.key_id, provider=target.provider, model=target.model,
-                     deployment=target.deployment, cost_usd=cost, ts=event.ts, **tokens)
+                     deployment=target.deployment, cost_usd=cost, ts=event.ts, **tokens,
+                     cache=cache.status if cache else None,
+                     savings_usd=cache.savings_usd if cache and cache.status == "hit" else None)
 
 
 _details_encoder = msgspec.json.Encoder()
@@ -494,7 +512,8 @@ def _job_record(job_id: str, events: list[AnyEvent]) -> JobRecord | None:
         e, (RequestAdmitted, AttemptDispatched, AttemptFailed, AttemptAbandoned))), None)
     terminal = next((e for e in events if isinstance(e, Terminal)), None)
     record = JobRecord(id=job_id, tenant=first.ctx.tenant, team=first.ctx.team, model=model or "",
-                       status="queued", created_at=first.ctx.received_at, started_at=started_at)
+                       status="queued", created_at=first.ctx.received_at, started_at=started_at,
+                       key_id=first.ctx.key_id, deadline=first.ctx.deadline)
     if terminal is not None:
         if isinstance(terminal, CompletionSucceeded):
             return msgspec.structs.replace(record, model=model or terminal.target.model, status="completed",

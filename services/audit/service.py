@@ -10,20 +10,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
+from opentelemetry.trace import SpanKind
 
 from services.audit.handlers import build_rows, job_updates, trace_id_from_headers
 from services.audit.settings import AuditSettings
 from services.audit.store import AuditStore
 from services.runtime import Deps
 from shared.bus import Delivery, Subscription
-from shared.events import ALL_EVENTS, RPC_AUDIT_LEDGER, RPC_AUDIT_TRACE, AnyEvent, Event
+from shared.bus.retention import Sweeper
+from shared.collectors import every
+from shared.events import (
+    ALL_EVENTS,
+    RPC_AUDIT_LEDGER,
+    RPC_AUDIT_TRACE,
+    TERMINAL_JOB_STATUSES,
+    AnyEvent,
+    Event,
+    JobRecord,
+)
 from shared.settings import ConsumerSettings
 from shared.state.buckets import JOBS
 from shared.state.jobs import advance_job
+from shared.state.queues import Queued
 
 log = logging.getLogger("switchyard.audit")
 DURABLE = "audit"
@@ -53,15 +66,43 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     s = deps.settings.audit
     store = await AuditStore.open(database_url(deps))
     jobs_kv = await deps.bus.kv(JOBS)
+    queues = await deps.stores.queues()
     nc = deps.bus.nc
+
+    telemetry, metrics = deps.telemetry, deps.telemetry.metrics
+    for status in TERMINAL_JOB_STATUSES:
+        metrics.jobs_finished.labels(status)  # at 0 from the start: rate() sees the first
 
     async def handle(items: list[tuple[AnyEvent, Delivery]]) -> list[Event]:
         events = [e for e, _ in items]
         trace_ids = {e.request_id: t for e, d in items if (t := trace_id_from_headers(d.headers))}
         await store.apply(build_rows(events, store_text=s.store_text, trace_ids=trace_ids))
         # Job records after the rows: a poll that sees "completed" finds the trace too.
-        await asyncio.gather(*(advance_job(jobs_kv, u.job_id, u) for u in job_updates(events)))
+        updates = job_updates(events)
+        ended: list[JobRecord] = []  # the jobs this batch finished: their tenants' queue counts go back
+        await asyncio.gather(*(advance_job(jobs_kv, u.job_id, u, finished=ended.append) for u in updates))
+        if ended:
+            await queues.release(Queued(tenant=r.tenant, size=r.size, deadline=r.deadline) for r in ended)
+        for u in updates:  # a batch applied again (redelivered) counts its finished jobs again
+            if u.proposed.status in TERMINAL_JOB_STATUSES:
+                metrics.jobs_finished.labels(u.proposed.status).inc()
+        if telemetry.tracing:  # each event recorded, in its request's trace
+            for e, d in items:
+                with telemetry.span(f"audit {type(e).__name__}", d.headers or {}, kind=SpanKind.CONSUMER,
+                                    **{"switchyard.request_id": e.request_id}):
+                    pass
         return []
+
+    async def collect_jobs() -> None:
+        """The job gauges, from the store's unfinished jobs (a partial index holds only those)."""
+        now, by_status = time.time(), {"queued": (0, None), "in_progress": (0, None)}
+        for status, (n, oldest) in (await store.open_jobs()).items():
+            job_status = "queued" if status == "requested" else "in_progress"
+            count, first = by_status[job_status]
+            by_status[job_status] = (count + n, oldest if first is None else min(first, oldest))
+        for job_status, (n, oldest) in by_status.items():
+            metrics.jobs.labels(job_status).set(n)
+            metrics.jobs_oldest_age.labels(job_status).set(max(0.0, now - oldest) if oldest is not None else 0.0)
 
     async def answer(msg, query_type: type, fn) -> None:
         try:
@@ -83,7 +124,10 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     subs = [await nc.subscribe(RPC_AUDIT_TRACE, queue="audit", cb=on_trace),
             await nc.subscribe(RPC_AUDIT_LEDGER, queue="audit", cb=on_ledger)]
 
+    gauges = deps.bus.start(every(deps.settings.telemetry.collect_interval_s, collect_jobs, "jobs", metrics))
+
     async def stop() -> None:
+        gauges.cancel()  # before the store closes under it
         for sub in subs:
             await sub.unsubscribe()
         await store.close()
@@ -91,6 +135,8 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     deps.on_stop.append(stop)
     sub = Subscription(DURABLE, (ALL_EVENTS,), consumer_for(s, deps.shape.shares_process("audit")), replayable=True)
     await deps.bus.ensure_consumer(sub)
+    if deps.settings.nats.sweep_s > 0:  # audit keeps the stream: what every reader acknowledged leaves it
+        deps.bus.start(Sweeper(deps.bus).run())
     deps.ready["audit"] = True
     await deps.bus.consume_batches("audit", sub, handle)
 

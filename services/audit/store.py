@@ -52,15 +52,17 @@ from sqlalchemy import (
     func,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from services.audit.handlers import DISPATCHED, FINAL_DELIVERY, AuditBatch
+from services.audit.handlers import DISPATCHED, FINAL_DELIVERY, TERMINAL_STAGE, AuditBatch
 
 MAX_LEDGER_PAGE = 1000
+OPEN_JOBS = f"job AND stage < {TERMINAL_STAGE}"  # spelled the same in the partial index and its query
 COST_DIGITS = 10  # sums of floats are rounded so equal ledgers print equal totals
 
 
@@ -105,7 +107,12 @@ def build_schema(prefix: str = "audit_") -> Schema:
         Column("cost_usd", Float, nullable=False, default=0.0),
         Column("trace_id", String(32)),
         Column("completion_text", Text),
+        Column("prompt_id", String(128)),
+        Column("prompt_version", Integer),
         Index(f"{prefix}requests_tenant", "tenant", "created_at"),
+        # Unfinished jobs only (partial): the job gauges read these rows and no others; sync requests never enter.
+        Index(f"{prefix}requests_open_jobs", "status", "created_at", sqlite_where=text(OPEN_JOBS),
+              postgresql_where=text(OPEN_JOBS)),
     )
     attempts = Table(
         f"{prefix}attempts", md,
@@ -126,6 +133,7 @@ def build_schema(prefix: str = "audit_") -> Schema:
         Column("error_code", String(128)),
         Column("error_message", Text),
         Column("ttft_ms", Float),
+        Column("cache", Text),
     )
     ledger = Table(
         f"{prefix}ledger", md,
@@ -143,6 +151,8 @@ def build_schema(prefix: str = "audit_") -> Schema:
         Column("reasoning_tokens", Integer, nullable=False),
         Column("cost_usd", Float, nullable=False),
         Column("ts", Float, nullable=False),
+        Column("cache", String(16)),
+        Column("savings_usd", Float),
         Index(f"{prefix}ledger_tenant_ts", "tenant", "ts"),
         Index(f"{prefix}ledger_team", "team"),
     )
@@ -220,7 +230,9 @@ def _request_upsert(insert: Any, t: Table) -> Any:
         "stage", "status", "completed_at", "error_status", "error_type", "error_code", "error_message",
         "completion_text")}
     return stmt.on_conflict_do_update(index_elements=["request_id"], set_={
-        **by_stage, "model": func.coalesce(t.c.model, new.model), "trace_id": func.coalesce(t.c.trace_id, new.trace_id)})
+        **by_stage, "model": func.coalesce(t.c.model, new.model), "trace_id": func.coalesce(t.c.trace_id, new.trace_id),
+        "prompt_id": func.coalesce(t.c.prompt_id, new.prompt_id),
+        "prompt_version": func.coalesce(t.c.prompt_version, new.prompt_version)})
 
 
 def _attempt_upsert(insert: Any, t: Table) -> Any:
@@ -230,7 +242,7 @@ def _attempt_upsert(insert: Any, t: Table) -> Any:
     resolves = and_(t.c.outcome == DISPATCHED, new.outcome != DISPATCHED)
     on_resolve = {name: case((resolves, new[name]), else_=t.c[name]) for name in (
         "outcome", "latency_ms", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
-        "cost_usd", "error_code", "error_message", "ttft_ms")}
+        "cost_usd", "error_code", "error_message", "ttft_ms", "cache")}
     return stmt.on_conflict_do_update(index_elements=["request_id", "attempt", "delivery"], set_={
         **on_resolve, "ts": case((new.ts < t.c.ts, new.ts), else_=t.c.ts)})
 
@@ -275,6 +287,7 @@ class AuditStore:
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+                _owner_only(os.path.abspath(parsed.database))
             engine = create_async_engine(url)
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
@@ -284,6 +297,7 @@ class AuditStore:
             async with engine.begin() as conn:
                 await conn.run_sync(store.schema.metadata.create_all)
                 await conn.run_sync(_add_missing_columns, store.schema.metadata)
+                await conn.run_sync(_add_missing_indexes, store.schema.metadata)
             # A file with no URL options: writes go through sqlite3 directly (an in-memory database would be a
             # second, empty one on another connection, so it stays on the engine).
             if direct and parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
@@ -389,7 +403,17 @@ class AuditStore:
             body["budget"] = [_budget_view(row) for row in budget_rows]
         if req["completion_text"] is not None:
             body["completion_text"] = req["completion_text"]
+        if req["prompt_id"] is not None:  # the template it was rendered from: id and version, never the text
+            body["prompt"] = {"id": req["prompt_id"], "version": req["prompt_version"]}
         return body
+
+    async def open_jobs(self) -> dict[str, tuple[int, float]]:
+        """Jobs not finished, by the status audit recorded: how many, and when the oldest was received."""
+        r = self.schema.requests
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(r.c.status, func.count(), func.min(r.c.created_at))
+                                       .where(text(OPEN_JOBS)).group_by(r.c.status))).all()
+        return {status: (n, oldest) for status, n, oldest in rows}
 
     async def ledger(self, tenant: str, team: str | None = None, model: str | None = None,
                      provider: str | None = None, since: float | None = None, until: float | None = None,
@@ -562,6 +586,13 @@ def _outcomes(attempts: list[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
+def _add_missing_indexes(conn: Any, metadata: MetaData) -> None:
+    """Indexes added since a table was created (``create_all`` makes indexes only with a new table)."""
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+
+
 def _add_missing_columns(conn: Any, metadata: MetaData) -> None:
     """Additive schema evolution: columns added since a table was created are added to it (nullable).
 
@@ -600,6 +631,7 @@ def _attempt_view(row: Any, why: Any = None) -> dict[str, Any]:
         "completion_tokens": row["completion_tokens"],
         "cost_usd": row["cost_usd"],
         "error": None if row["error_code"] is None else {"code": row["error_code"], "message": row["error_message"]},
+        **({"cache": json.loads(row["cache"])} if row["cache"] else {}),
     }
 
 
@@ -627,7 +659,24 @@ def _ledger_view(row: Any) -> dict[str, Any]:
         "cached_tokens": row["cached_tokens"],
         "cost_usd": row["cost_usd"],
         "ts": row["ts"],
+        **({"cache": row["cache"], "savings_usd": row["savings_usd"]} if row["cache"] else {}),
     }
+
+
+def _owner_only(path: str) -> None:
+    """Make the SQLite file (and its -wal/-shm, which SQLite creates with the database's mode) readable by
+    this user only: traces hold error texts and ids no other local account needs. The file is created empty
+    with mode 0600 before SQLite opens it, and an existing one is narrowed."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError:
+        return  # SQLite reports an unusable path itself, with a better message
+    for p in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            continue
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

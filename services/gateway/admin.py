@@ -11,6 +11,7 @@
     GET    /v1/admin/teams/{team}              one team
     PATCH  /v1/admin/teams/{team}              change settings ({"settings": {...}}; null resets one)
     GET    /v1/budgets/{team}                  limits, spent, reserved, remaining for the current periods
+    POST   /v1/admin/teams/{team}/cache/purge  remove the team's cached answers (docs/cache.md)
 
 Admin keys only; a member gets 403. The one read a viewer may make is the
 budget of its own team. An admin acts inside its own tenant; the configured
@@ -28,7 +29,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from msgspec import Meta, Struct
 
-from services.gateway.web import principal_of
+from services.gateway.web import SMALL_BODY_BYTES, principal_of, read_body
 from services.ops import json_response
 from shared.auth import KeyEntry, KeyLimits, KeyRecord, KeyStore, Principal, generate_key
 from shared.catalog import Catalog
@@ -88,7 +89,7 @@ class TeamPatch(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 async def _body(request: Request, type_: type) -> Any:
-    raw = await request.body()
+    raw = await read_body(request, SMALL_BODY_BYTES)
     try:
         return msgspec.json.decode(raw or b"{}", type=type_)
     except msgspec.ValidationError as exc:
@@ -130,6 +131,12 @@ class Admin:
         if not p.operator:
             raise PermissionDenied("Only the operator's admin key may manage another tenant.", param="tenant")
         return _name(asked, "tenant")
+
+    def admin_in(self, request: Request, asked: str | None) -> tuple[Principal, str]:
+        """The admin making the call and the tenant it acts in (its own; the operator's key may name another);
+        for the admin endpoints that live in other modules (prompt templates)."""
+        p = self._admin(request)
+        return p, self._tenant_of(p, asked)
 
     async def _own_key(self, p: Principal, key_id: str) -> KeyRecord:
         record = await self.keys.fetch(key_id) if SAFE_KEY_ID.match(key_id) else None
@@ -262,6 +269,16 @@ class Admin:
         if record is None:
             raise NotFound(f"No team '{team}'.", param="team", code="team_not_found")
         return json_response(record.public())
+
+    # ---- response cache ------------------------------------------------------------------
+
+    async def purge_cache(self, request: Request, team: str) -> Response:
+        """Remove every cached answer, coalescing lock and semantic index entry of the team (gone at rest)."""
+        _, tenant = self.admin_in(request, request.query_params.get("tenant"))
+        if not SAFE_NAME.match(team) or not await self._team_known(tenant, team):
+            raise NotFound(f"No team '{team}'.", param="team", code="team_not_found")
+        await (await self.stores.cache()).purge(tenant, team)
+        return json_response({"object": "cache.purge", "tenant": tenant, "team": team, "purged": True})
 
     # ---- budgets -------------------------------------------------------------------------
 

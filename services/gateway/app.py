@@ -2,7 +2,8 @@
 
 The endpoints themselves live by concern: ``completions`` (chat completions,
 Anthropic messages, embeddings, SSE relay), ``jobs``, ``reads`` (models,
-traces, ledger), ``admin`` (keys, teams, budgets) and ``health_api``
+traces, ledger), ``admin`` (keys, teams, budgets, cache purge), ``prompts``
+(prompt templates) and ``health_api``
 (provider health and breakers). ``route_table`` is the one place that binds a
 path to its handler: FastAPI registers every route from it (so ``/docs`` and
 the OpenAPI schema show them all), and ``HotPaths`` answers the ones marked
@@ -25,11 +26,13 @@ from services.gateway.admin import Admin
 from services.gateway.completions import Completions
 from services.gateway.health_api import HealthApi
 from services.gateway.jobs import Jobs
+from services.gateway.prompts import Prompts
 from services.gateway.reads import Reads
-from services.gateway.web import error_response, exception_response
+from services.gateway.web import BearerTokens, error_response, exception_response
 from services.ops import install_ops_routes, serve
 from services.runtime import Deps
 from shared.errors import ErrorInfo, SwitchyardError
+from shared.oidc import OidcVerifier
 
 _CHAT_SCHEMA = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/ChatRequest"}}}}}
@@ -58,15 +61,20 @@ class Endpoints:
     reads: Reads
     admin: Admin
     health: HealthApi
+    prompts: Prompts
 
     @classmethod
     def build(cls, deps: Deps) -> "Endpoints":
         s, bus, tel, keys, catalog = deps.settings, deps.bus, deps.telemetry, deps.keyring, deps.catalog
-        return cls(completions=Completions(bus, tel, keys, s.gateway, gateway_id="gw" + uuid.uuid4().hex[:12]),
-                   jobs=Jobs(bus, tel, keys, s.gateway),
+        admin = Admin(keys, catalog, deps.stores, team_defaults=s.policy)
+        prompts = Prompts(admin, deps.stores)
+        return cls(completions=Completions(bus, tel, keys, s.gateway, gateway_id="gw" + uuid.uuid4().hex[:12],
+                                           render=prompts.render),
+                   jobs=Jobs(bus, tel, keys, s.gateway, render=prompts.render, stores=deps.stores),
                    reads=Reads(bus, keys, catalog),
-                   admin=Admin(keys, catalog, deps.stores, team_defaults=s.policy),
-                   health=HealthApi(keys, catalog, deps.stores, on_stop=deps.on_stop))
+                   admin=admin,
+                   health=HealthApi(keys, catalog, deps.stores, on_stop=deps.on_stop),
+                   prompts=prompts)
 
     async def start(self) -> None:
         await self.completions.start()
@@ -75,7 +83,7 @@ class Endpoints:
 
 def route_table(e: Endpoints) -> tuple[Route, ...]:
     """Every endpoint of the gateway, in the order FastAPI registers them."""
-    c, j, r, a, p = e.completions, e.jobs, e.reads, e.admin, e.health
+    c, j, r, a, p, t = e.completions, e.jobs, e.reads, e.admin, e.health, e.prompts
     return (
         Route("POST", "/v1/chat/completions", c.chat_completions, "Create a chat completion (OpenAI format)",
               hot=True, openapi_extra=_CHAT_SCHEMA),
@@ -104,9 +112,22 @@ def route_table(e: Endpoints) -> tuple[Route, ...]:
         Route("PATCH", "/v1/admin/teams/{team}", a.update_team, "Change a team's settings", tag="admin"),
         Route("GET", "/v1/budgets/{team}", a.get_budget, "A team's budgets and rate limits for the current periods",
               tag="admin"),
+        Route("POST", "/v1/admin/teams/{team}/cache/purge", a.purge_cache,
+              "Remove a team's cached answers (response cache)", tag="admin"),
+        Route("POST", "/v1/admin/prompts", t.create, "Create a prompt template (version 1, active)", status_code=201,
+              tag="admin"),
+        Route("GET", "/v1/admin/prompts", t.list_prompts, "List the tenant's prompt templates", tag="admin"),
+        Route("GET", "/v1/admin/prompts/{prompt_id}", t.get_prompt, "A prompt template and its active version",
+              tag="admin"),
+        Route("POST", "/v1/admin/prompts/{prompt_id}/versions", t.add_version, "Add a version to a prompt template",
+              status_code=201, tag="admin"),
+        Route("GET", "/v1/admin/prompts/{prompt_id}/versions/{version}", t.get_version,
+              "One version of a prompt template", tag="admin"),
+        Route("POST", "/v1/admin/prompts/{prompt_id}/active", t.activate,
+              "Set the version requests get when they name none", tag="admin"),
         Route("GET", "/v1/providers/status", p.status,
               "Live health per deployment: breakers, errors, latency, load", tag="providers"),
-        Route("POST", "/v1/providers/breaker", p.breaker, "Force a breaker open or closed, or reset it (admin)",
+        Route("POST", "/v1/providers/breaker", p.breaker, "Force a breaker open or closed, or reset it (operator)",
               tag="providers"),
     )
 
@@ -223,6 +244,8 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     await endpoints.start()
     routes = route_table(endpoints)
     app = HotPaths(create_app(deps, routes), routes, on_request=deps.bus.poll.poke)
+    if deps.settings.oidc.issuers:  # bearer JWTs of the configured issuers, beside API keys (shared/oidc.py)
+        app = BearerTokens(app, deps.keyring, OidcVerifier(deps.settings.oidc))
     s = deps.settings.gateway
     deps.ready["gateway"] = True
     print(f"switchyard: gateway listening on http://{s.host}:{s.port} (docs at /docs)", flush=True)

@@ -23,15 +23,24 @@ from starlette.responses import Response, StreamingResponse
 from services.gateway import handlers as h
 from services.gateway.dialects import ANTHROPIC, EMBEDDINGS, OPENAI, Dialect, StreamEncoder
 from services.gateway.settings import GatewaySettings
-from services.gateway.web import error_response, principal_of, publish_request
+from services.gateway.web import (
+    error_response,
+    principal_of,
+    publish_request,
+    read_body,
+    refuse_viewer,
+    request_trace,
+)
 from services.ops import json_response
-from shared.auth import KeyStore
+from shared.auth import KeyStore, Principal
 from shared.bus import Bus
+from shared.cache import HEADER as CACHE_HEADER
 from shared.errors import DeadlineExceeded, ErrorInfo, ServiceUnavailable, SwitchyardError
 from shared.events import (
     ChunkMessage,
     CompletionRequested,
     CompletionSucceeded,
+    PromptRef,
     TerminalEvent,
     cancel_subject,
     chunk_decoder,
@@ -41,7 +50,12 @@ from shared.events import (
 from shared.telemetry import Telemetry
 
 log = logging.getLogger("switchyard.gateway")
+# A request body in, the body with its prompt template rendered in (and which template version) out.
+Render = Callable[[bytes, Principal, str], Awaitable[tuple[bytes, PromptRef | None]]]
 _terminal_decoder = msgspec.json.Decoder(TerminalEvent)
+# How a synchronous request can end, as ``switchyard_requests_total`` counts it (terminal statuses, then the
+# gateway's own: no answer before the deadline, the client gone mid-stream).
+OUTCOMES = ("succeeded", "failed", "denied", "cancelled", "expired", "timeout", "disconnected")
 
 
 class Waiters:
@@ -105,14 +119,20 @@ class Completions:
     """The completion endpoints of one gateway instance, answering from the terminal events addressed to it."""
 
     def __init__(self, bus: Bus, telemetry: Telemetry, keyring: KeyStore, settings: GatewaySettings,
-                 gateway_id: str) -> None:
+                 gateway_id: str, render: Render | None = None) -> None:
         self.bus = bus
+        self.render = render  # renders a referenced prompt template into a chat request (prompts.py)
         self.telemetry = telemetry
         self.keyring = keyring
         self.settings = settings
         self.id = gateway_id
         self.metrics = telemetry.metrics
         self.waiters = Waiters()
+        for api in (OPENAI.api, ANTHROPIC.api, EMBEDDINGS.api):  # counted from 0: a first burst shows in rate()
+            for outcome in OUTCOMES:
+                self.metrics.requests.labels(api, outcome)
+        self.metrics.ttft.labels("gateway")
+        self.ids = h.RequestIds()
         self.streams: dict[str, ChunkInbox] = {}  # request id → the inbox of a stream this instance relays
 
     async def start(self) -> None:
@@ -144,17 +164,22 @@ class Completions:
         """One request in ``dialect``'s wire format: wait for its terminal event, or relay its stream."""
         started = time.perf_counter()
         try:
-            principal = principal_of(self.keyring, request)
-            chat, embedding = dialect.parse(await request.body(), self.settings.max_body_bytes)
+            principal = refuse_viewer(principal_of(self.keyring, request))
+            body = await read_body(request, self.settings.max_body_bytes)
+            prompt = None
+            if self.render is not None:  # before publishing: policy checks the final text
+                body, prompt = await self.render(body, principal, dialect.api)
+            chat, embedding = dialect.parse(body, self.settings.max_body_bytes)
             timeout = h.timeout_for(request.headers.get("x-switchyard-timeout"), self.settings.default_timeout_s,
                                     self.settings.max_timeout_s)
             self._check_capacity()
-            event = h.completion_requested(chat, principal, request.headers, request_id=h.new_request_id(),
+            event = h.completion_requested(chat, principal, request.headers, request_id=self.ids.new(),
                                            origin=self.id, timeout_s=timeout, job=False, api=dialect.api,
-                                           embedding=embedding)
-            if chat.stream:
-                return await self._stream(request, dialect, event, started)
-            return await self._sync(request, dialect, event, started)
+                                           embedding=embedding, prompt=prompt)
+            with request_trace(self.telemetry, request, event):
+                if chat.stream:
+                    return await self._stream(request, dialect, event, started)
+                return await self._sync(request, dialect, event, started)
         except SwitchyardError as exc:
             return self._error(dialect, exc.info(), None)
 
@@ -197,6 +222,8 @@ class Completions:
             if term.ctx.redactions:
                 headers["x-switchyard-redactions"] = ",".join(f"{k}={n}" for k, n in
                                                               sorted(term.ctx.redactions.items()))
+            if term.cache is not None:
+                headers[CACHE_HEADER] = term.cache.status
             return json_response(dialect.success(term), headers=headers)
         return error_response(h.terminal_error(term), headers, body=dialect.error_body(h.terminal_error(term), rid))
 
@@ -232,12 +259,17 @@ class Completions:
             await close(cancel_upstream=False)
             self.metrics.requests.labels(dialect.api, first.status).inc()
             if isinstance(first, CompletionSucceeded):  # an answer with no chunks at all: send it whole
-                return json_response(dialect.success(first), headers={"x-request-id": rid})
+                whole = {"x-request-id": rid}
+                if first.cache is not None:
+                    whole[CACHE_HEADER] = first.cache.status
+                return json_response(dialect.success(first), headers=whole)
             return self._error(dialect, h.terminal_error(first), rid)
         self.metrics.ttft.labels("gateway").observe(time.perf_counter() - started)
         body = self._sse(dialect.stream(event), dialect.api, event, first, inbox, started, close)
-        return StreamingResponse(body, media_type="text/event-stream",
-                                 headers={"x-request-id": rid, "cache-control": "no-cache"})
+        sse_headers = {"x-request-id": rid, "cache-control": "no-cache"}
+        if first.cache:  # the worker says what the response cache did in every chunk: the headers go now
+            sse_headers[CACHE_HEADER] = first.cache
+        return StreamingResponse(body, media_type="text/event-stream", headers=sse_headers)
 
     async def _sse(self, enc: StreamEncoder, api: str, event: CompletionRequested, first: ChunkMessage,
                    inbox: ChunkInbox, started: float,

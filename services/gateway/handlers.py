@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import re
 import time
 from typing import Any, Mapping
@@ -11,11 +10,14 @@ from typing import Any, Mapping
 import msgspec
 
 from shared.auth import Principal
+from shared.cache import HEADER as CACHE_HEADER
+from shared.cache import HEADER_VALUES as CACHE_HEADER_VALUES
 from shared.canonical import ChatRequest, EmbeddingRequest, Message
 from shared.errors import ErrorInfo, InvalidRequest, PayloadTooLarge, Unprocessable
 from shared.events import (
     CompletionRequested,
     CompletionSucceeded,
+    PromptRef,
     RequestContext,
     TerminalEvent,
 )
@@ -25,18 +27,31 @@ _embedding_decoder = msgspec.json.Decoder(EmbeddingRequest)
 _PATH = re.compile(r"at `\$(.*)`")
 
 
-class _Ids:
-    """128 random bits per id from a process-local generator seeded by the OS.
+class RequestIds:
+    """Request and job ids: 128 bits each from the OS's CSPRNG, read in batches.
 
-    Ids must be unique, not secret (every read is authorised by key and tenant), and ``uuid4``'s system
-    randomness was a visible share of the gateway's CPU.
+    An id must not be guessable from the ids a client has seen (a predictable generator would let a
+    neighbour aim at another's job), and one ``os.urandom`` call per id (as ``uuid4`` makes) was a visible
+    share of the gateway's CPU; so the OS fills a buffer of ``BATCH`` ids at a time and each id is a slice
+    of it. A forked child starts with an empty buffer, never its parent's.
     """
 
-    rng = random.Random(int.from_bytes(os.urandom(32), "big") ^ os.getpid())
+    BATCH = 256
 
+    def __init__(self) -> None:
+        self._hex = ""
+        self._next = 0
+        os.register_at_fork(after_in_child=self._forget)
 
-def new_request_id(prefix: str = "req_") -> str:
-    return f"{prefix}{_Ids.rng.getrandbits(128):032x}"
+    def _forget(self) -> None:
+        self._hex, self._next = "", 0
+
+    def new(self, prefix: str = "req_") -> str:
+        i = self._next
+        if i >= len(self._hex):
+            self._hex, i = os.urandom(16 * self.BATCH).hex(), 0
+        self._next = i + 32
+        return prefix + self._hex[i:i + 32]
 
 
 def decode_body(body: bytes, decoder: msgspec.json.Decoder, max_bytes: int, what: str):
@@ -80,23 +95,38 @@ DATA_CLASS_HEADER = "x-switchyard-data-class"
 def completion_requested(request: ChatRequest, principal: Principal, headers: Mapping[str, str], *,
                          request_id: str, origin: str, timeout_s: float, job: bool, now: float | None = None,
                          api: str = "chat.completions",
-                         embedding: EmbeddingRequest | None = None) -> CompletionRequested:
+                         embedding: EmbeddingRequest | None = None,
+                         prompt: PromptRef | None = None) -> CompletionRequested:
     """The event that puts a request on the bus. Attribution comes only from the key.
 
-    From the client's ``headers`` it takes the routing hints (``x-switchyard-*``, see ``with_routing_headers``)
-    and the declared data class (``x-switchyard-data-class``), which policy lets only raise the team's class.
+    From the client's ``headers`` it takes the routing hints (``x-switchyard-*``, see ``with_routing_headers``),
+    the declared data class (``x-switchyard-data-class``), which policy lets only raise the team's class, and
+    the response-cache choice (``x-switchyard-cache``); ``prompt`` names the template the request was rendered
+    from.
     """
     now = time.time() if now is None else now
     request = with_routing_headers(request, headers)
     ctx = RequestContext(tenant=principal.tenant, team=principal.team, key_id=principal.key_id, origin=origin,
                          deadline=now + timeout_s, received_at=now, job=job, stream=request.stream, api=api,
-                         data_class=headers.get(DATA_CLASS_HEADER))
+                         data_class=headers.get(DATA_CLASS_HEADER), cache=cache_choice(headers.get(CACHE_HEADER)),
+                         prompt=prompt, issuer=principal.issuer,
+                         role=principal.role if principal.issuer else None)  # a token's role: policy cannot re-read it
     return CompletionRequested(event_id=f"{request_id}.requested", request_id=request_id, ts=now, ctx=ctx,
                                request=request, embedding=embedding)
 
 
+def cache_choice(header: str | None) -> str | None:
+    """The client's ``x-switchyard-cache``: ``use``, ``refresh`` or ``off`` (400 for anything else)."""
+    if header is None:
+        return None
+    value = header.strip().lower()
+    if value not in CACHE_HEADER_VALUES:
+        raise InvalidRequest(f"{CACHE_HEADER} must be one of {', '.join(CACHE_HEADER_VALUES)}", param=CACHE_HEADER)
+    return value
+
+
 ROUTING_HEADER_PREFIX = "x-switchyard-"
-NOT_ROUTING = frozenset({"x-switchyard-timeout", DATA_CLASS_HEADER})  # the gateway's and policy's own
+NOT_ROUTING = frozenset({"x-switchyard-timeout", DATA_CLASS_HEADER, CACHE_HEADER})  # the gateway's and policy's own
 MAX_ROUTING_HEADERS = 32
 
 
@@ -139,11 +169,12 @@ def parse_embedding_request(body: bytes, max_bytes: int) -> EmbeddingRequest:
 
 
 def embedding_prompt(req: EmbeddingRequest) -> ChatRequest:
-    """The embedding inputs as a canonical prompt (one user message per text), for admission and redaction."""
+    """The embedding inputs (one user message per text) and ``user`` as a canonical prompt, for admission and
+    redaction."""
     texts = [req.input] if isinstance(req.input, str) else \
         [x for x in req.input if isinstance(x, str)] or [""]
     return ChatRequest(model=req.model, messages=[Message(role="user", content=t) for t in texts],
-                       switchyard=req.switchyard)
+                       user=req.user, switchyard=req.switchyard)
 
 
 def terminal_error(event: TerminalEvent) -> ErrorInfo:

@@ -5,11 +5,13 @@
                                            (observed or prior), calls in flight; ?provider= / ?model= filter
     POST /v1/providers/breaker             {"deployment": "...", "action": "force_open" | "force_closed" | "reset"}
                                            or {"provider": "...", "action": ...} for every deployment of one
-                                           provider; admin keys only (403 otherwise)
+                                           provider; the operator's keys only (403 otherwise)
 
 The data is the shared state every router and worker replica uses (JetStream
 KV), read through this gateway's watched copy; a forced state applies to all
-replicas at once and stays until reset.
+replicas at once and stays until reset. A breaker is global: it decides for
+every tenant whether a deployment is called, so only an operator key may move
+it. A tenant's admin, like any key, may read the status.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from msgspec import Struct
 
-from services.gateway.web import principal_of
+from services.gateway.web import SMALL_BODY_BYTES, principal_of, read_body
 from services.ops import json_response
 from shared.auth import KeyStore
 from shared.catalog import Catalog
@@ -68,10 +70,11 @@ class HealthApi:
 
     async def breaker(self, request: Request) -> Response:
         principal = principal_of(self.keys, request)
-        if principal.role != "admin":
-            raise PermissionDenied("only admin keys may operate circuit breakers")
+        if not principal.operator:
+            raise PermissionDenied("only operator keys may operate circuit breakers: a breaker applies to every "
+                                   "tenant")
         try:
-            body = msgspec.json.decode(await request.body(), type=BreakerAction)
+            body = msgspec.json.decode(await read_body(request, SMALL_BODY_BYTES), type=BreakerAction)
         except msgspec.ValidationError as exc:
             raise InvalidRequest(str(exc)) from None
         except msgspec.DecodeError as exc:

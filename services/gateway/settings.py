@@ -14,3 +14,7 @@ class GatewaySettings(BaseModel):
     job_timeout_s: float = Field(600.0, gt=0, description="deadline of an async job")
     max_in_flight: int = Field(10_000, ge=1, description="synchronous and streamed requests one gateway waits on "
                                                           "at once; more get 503 with Retry-After (jobs queue)")
+    max_queued_jobs: int = Field(25_000, ge=0, description="async jobs one tenant may have accepted and unfinished; "
+                                 "more get 429 with Retry-After, not accepted (0: no cap)")
+    max_queued_bytes: int = Field(1024**3, ge=0, description="bytes of those jobs' requests one tenant may have "
+                                  "queued; more get 429 with Retry-After, not accepted (0: no cap)")

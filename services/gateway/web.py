@@ -1,26 +1,48 @@
-"""What every gateway endpoint shares at the HTTP edge: the caller's key, error responses, a request's first publish.
+"""What every gateway endpoint shares at the HTTP edge: the caller's key (or OIDC token), its body, error
+responses, a request's first publish.
 
 Errors leave in OpenAI's shape (``{"error": {message, type, param, code}}``)
 with their status and a ``Retry-After`` capped at 120 s, whether a handler
 answered them itself, raised them on the hot path, or FastAPI's exception
 handlers caught them.
+
+Every endpoint that takes a body reads it with ``read_body``: a declared
+``Content-Length`` over the limit is refused (413) before a byte of the body
+is read, and a chunked body is read only up to the limit; either way the
+connection is closed after the 413, so the rest is never received. (How long
+a client may take to send its head and body is the HTTP server's business:
+``services/http_limits.py``.)
 """
 
 from __future__ import annotations
 
 import logging
+from typing import ContextManager
 
-from starlette.requests import Request
+from opentelemetry.trace import Span
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from services.ops import json_response
 from shared.auth import KeyStore, Principal
+from shared.oidc import TokenVerifier, looks_like_jwt
 from shared.bus import Bus
-from shared.errors import ErrorInfo, SwitchyardError, Unauthenticated, error_info
-from shared.events import Event
+from shared.errors import (
+    BodyTooLarge,
+    ErrorInfo,
+    InvalidRequest,
+    PermissionDenied,
+    SwitchyardError,
+    Unauthenticated,
+    error_info,
+)
+from shared import genai
+from shared.events import CompletionRequested, Event
 from shared.telemetry import Telemetry
 
 log = logging.getLogger("switchyard.gateway")
+
+SMALL_BODY_BYTES = 1024 * 1024  # the limit of the admin and breaker endpoints' bodies: small JSON documents
 
 
 def error_response(info: ErrorInfo, headers: dict[str, str] | None = None, body: dict | None = None) -> Response:
@@ -47,18 +69,88 @@ def bearer(request: Request) -> str | None:
     return request.headers.get("x-api-key") or request.headers.get("api-key")
 
 
+TOKEN_IDENTITY = "switchyard.token_identity"  # ASGI scope key: what ``BearerTokens`` made of a bearer JWT
+
+
 def principal_of(keyring: KeyStore, request: Request) -> Principal:
-    """The caller, from its API key; 401 without a valid one."""
+    """The caller, from its API key, else from the OIDC token ``BearerTokens`` verified; 401 without either."""
     p = keyring.authenticate(bearer(request))
-    if p is None:
-        raise Unauthenticated("Incorrect or missing API key. Pass it as 'Authorization: Bearer <key>'.")
-    return p
+    if p is not None:
+        return p
+    token = request.scope.get(TOKEN_IDENTITY)
+    if isinstance(token, Principal):
+        return token
+    if isinstance(token, SwitchyardError):
+        raise token  # a JWT that failed verification: the 401 (or 503) says why
+    raise Unauthenticated("Incorrect or missing API key. Pass it as 'Authorization: Bearer <key>'.")
+
+
+class BearerTokens:
+    """ASGI entry in front of the gateway when OIDC issuers are configured: a bearer that is no API key but a JWT
+    is verified here, once, before any endpoint runs (verification may fetch the issuer's keys, so it is
+    asynchronous; endpoints then resolve the caller synchronously with ``principal_of``, API key first)."""
+
+    def __init__(self, app, keyring: KeyStore, verifier: TokenVerifier) -> None:
+        self.app = app
+        self.keyring = keyring
+        self.verifier = verifier
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] == "http":
+            token = bearer(Request(scope))
+            if looks_like_jwt(token) and self.keyring.authenticate(token) is None:
+                try:
+                    scope[TOKEN_IDENTITY] = await self.verifier.verify(token)
+                except SwitchyardError as exc:
+                    scope[TOKEN_IDENTITY] = exc
+        await self.app(scope, receive, send)
+
+
+def refuse_viewer(principal: Principal) -> Principal:
+    """The principal, unless it holds a read-only viewer key: those create nothing (403 at once)."""
+    if principal.role == "viewer":
+        raise PermissionDenied("Viewer keys are read-only: they cannot create completions.")
+    return principal
+
+
+def request_trace(telemetry: Telemetry, request: Request | None, event: CompletionRequested) -> ContextManager[Span]:
+    """The request's trace at the gateway: a server span (continuing the client's ``traceparent``) around its
+    publish and, for a synchronous call, the wait for its answer; GenAI attributes, never its messages."""
+    incoming = request.headers.get("traceparent") if request is not None else None
+    route = request.url.path if request is not None else ""
+    if not telemetry.tracing:  # only the traceparent is carried (and the request id, for JSON log lines)
+        return telemetry.request_span("", incoming, **{"switchyard.request_id": event.request_id})
+    return telemetry.request_span(genai.request_span_name(event), incoming, **genai.request_attributes(event, route))
 
 
 async def publish_request(bus: Bus, telemetry: Telemetry, request: Request | None, event: Event):
-    """Publish a request's first event, starting its trace (or continuing the client's ``traceparent``)."""
-    incoming = request.headers.get("traceparent") if request is not None else None
-    headers = {"traceparent": incoming} if incoming else ({} if telemetry.tracing else
-                                                          {"traceparent": telemetry.new_traceparent()})
-    with telemetry.span(f"gateway {event.ctx.api}", headers, **{"switchyard.request_id": event.request_id}):
-        return await bus.publish(event)
+    """Publish a request's first event inside its trace: the caller's ``request_trace``, or one opened here.
+
+    New work: refused (503, not accepted) while the stream is too full to take it (``Bus.publish_new``)."""
+    if telemetry.in_trace() or not isinstance(event, CompletionRequested):
+        return await bus.publish_new(event)
+    with request_trace(telemetry, request, event):
+        return await bus.publish_new(event)
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request's body, never buffering more than ``max_bytes`` of it (413 ``BodyTooLarge`` beyond)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidRequest("Content-Length must be a number of bytes") from None
+        if size > max_bytes:
+            raise BodyTooLarge(f"request body is {size} bytes; the limit is {max_bytes}")
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise BodyTooLarge(f"request body is larger than the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise InvalidRequest("the client disconnected before sending the whole body") from None
+    return b"".join(chunks)

@@ -4,17 +4,22 @@
 stateless first and take quota last, so a request refused for one reason
 consumes nothing anywhere:
 
-1. the key, re-read from KV: active, attributed to the event's tenant/team, not a viewer (401/403)
+1. the key, re-read from KV: active, attributed to the event's tenant/team, not a viewer (401/403); a
+   subject signed in with an OIDC token: its issuer still configured, its role not a viewer
 2. request caps (422), prompt size (413), model known (404), context fits (400); output cap clamped
 3. models allowed to the key and team (403)
 4. data class (team default, raised by the client) → providers allowed to receive it; a model none
-   of them serves is refused (403)
+   of them serves is refused (403); ``switchyard.mock`` fault injection is refused (400) unless every
+   provider the request may reach has ``fault_injection`` on in the catalog
 5. risk score; the team's action ``block`` refuses at its threshold (400), ``flag`` admits and marks
 6. PII; the team's action ``block`` refuses (400 ``pii_detected``), ``redact`` replaces with placeholders
-7. rate limits, RPM and TPM, key then team (429 with ``x-ratelimit-*``)
+7. rate limits, RPM and TPM: the key (its own, else the default quota), the team, the tenant (its own,
+   else the default quota) (429 with ``x-ratelimit-*``)
 8. budget reservation of the estimated maximum cost, team then key (429 ``budget_exceeded``); a
    refusal gives back what step 7 took
 9. the admission record (``admissions.py``); a request that ended meanwhile gives everything back
+10. the response-cache plan (``shared.cache.plan``) for the worker, on the final request: a cache hit
+    has passed every check above and taken the same quota as a miss
 
 Any check that cannot be evaluated — a KV store unreachable, a detector
 raising — denies with 503: policy fails closed (``admit_or_fail_closed``
@@ -32,15 +37,16 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import msgspec
 
 from services.policy.admissions import AdmissionRecord, AdmissionStore
 from services.policy.sensitivity import allowed_providers, effective_class
-from services.policy.settings import PolicySettings
-from shared.auth import KeyRecord, KeyRing
-from shared.canonical import ChatRequest, estimate_prompt_tokens, prompt_text
+from services.policy.settings import PolicySettings, QuotaSettings
+from shared.auth import ROLES, KeyRecord, KeyRing
+from shared.cache import plan as cache_plan
+from shared.canonical import ChatRequest, estimate_prompt_tokens, measure_prompt
 from shared.catalog import Catalog, ModelSpec, is_auto
 from shared.errors import (
     ContextLengthExceeded,
@@ -67,15 +73,18 @@ from shared.events import (
     CompletionSucceeded,
     Event,
     RequestAdmitted,
+    RequestContext,
     RequestDenied,
+    Target,
     TerminalEvent,
     terminal_id,
 )
 from shared.ids import SAFE_KEY_ID, SAFE_NAME, SAFE_REQUEST_ID
+from shared.oidc import OidcIssuer, subject_record
 from shared.pricing import estimate_cost_usd, estimate_max_cost_usd, output_cap
 from shared.state.budgets import BudgetRefused, BudgetStore, Scope, iso, to_nano, to_usd
 from shared.state.ratelimit import RateLimiter, RateRefused, RateScope, headers
-from shared.state.scopes import key_scope_key, team_scope_key
+from shared.state.scopes import key_scope_key, team_scope_key, tenant_scope_key
 from shared.state.teams import Effective, TeamStore, effective
 
 log = logging.getLogger("switchyard.policy")
@@ -114,6 +123,7 @@ class PolicyDeps:
     pii: PiiScanner | None = None
     risk: RiskAssessor | None = None
     clock: Callable[[], float] = time.time
+    issuers: Mapping[str, OidcIssuer] = field(default_factory=dict)  # OIDC issuers whose subjects may be admitted
 
 
 class CheckFailed(ServiceUnavailable):
@@ -146,14 +156,25 @@ def budget_scopes(tenant: str, team: str, key: KeyRecord, eff: Effective) -> lis
     return out
 
 
-def rate_scopes(tenant: str, team: str, key: KeyRecord, eff: Effective) -> list[RateScope]:
-    """Rate limits this request must fit in: the key's own, then the team's (only those with a limit)."""
+def rate_scopes(tenant: str, team: str, key: KeyRecord, eff: Effective,
+                quotas: QuotaSettings | None = None) -> list[RateScope]:
+    """Rate limits this request must fit in (only those with a limit): the key's — its own per dimension, else
+    the default ``quotas`` — then the team's own, then the tenant's (its own in ``quotas.tenants``, else the
+    default). The operator's key is held only to its own limits (``quotas.exempt_operator``)."""
     out = []
     lim = key.limits
-    if lim is not None and (lim.rpm or lim.tpm):
-        out.append(RateScope(key=key_scope_key(key.id), rpm=lim.rpm, tpm=lim.tpm))
+    defaults = quotas if quotas is not None and not (key.operator and quotas.exempt_operator) else None
+    rpm = (lim.rpm if lim is not None else None) or (defaults.key_rpm if defaults else None) or None
+    tpm = (lim.tpm if lim is not None else None) or (defaults.key_tpm if defaults else None) or None
+    if rpm or tpm:
+        out.append(RateScope(key=key_scope_key(key.id), rpm=rpm, tpm=tpm))
     if eff.rpm or eff.tpm:
         out.append(RateScope(key=team_scope_key(tenant, team), rpm=eff.rpm, tpm=eff.tpm))
+    if defaults is not None:
+        own = defaults.tenants.get(tenant)
+        t_rpm, t_tpm = (own.rpm, own.tpm) if own is not None else (defaults.tenant_rpm, defaults.tenant_tpm)
+        if t_rpm or t_tpm:
+            out.append(RateScope(key=tenant_scope_key(tenant), rpm=t_rpm or None, tpm=t_tpm or None))
     return out
 
 
@@ -170,14 +191,16 @@ def check(request: ChatRequest, s: PolicySettings, catalog: Catalog) -> ChatRequ
     for i, m in enumerate(request.messages):
         if m.role == "tool" and not m.tool_call_id:
             raise InvalidRequest("a tool message needs tool_call_id", param=f"messages[{i}].tool_call_id")
-    text = prompt_text(request)  # built once: a prompt can be megabytes
-    if len(text) > s.max_prompt_chars:
-        raise PayloadTooLarge(f"the prompt is longer than {s.max_prompt_chars} characters", param="messages")
+    # Everything sent upstream counts: messages of every role, tool definitions, tool calls, images ...
+    size = measure_prompt(request)
+    if size.chars > s.max_prompt_chars:
+        raise PayloadTooLarge(f"the prompt (messages, tools, tool calls and response format) is longer than "
+                              f"{s.max_prompt_chars} characters", param="messages")
     model = catalog.model_for(request.model)
     if model is None or not catalog.targets(request.model):
         raise NotFound(f"The model '{request.model}' does not exist or is not available on this gateway.",
                        param="model", code="model_not_found")
-    prompt_tokens = estimate_prompt_tokens(request, text)
+    prompt_tokens = size.tokens
     if prompt_tokens >= model.context_window:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {model.context_window} tokens; the messages are about "
@@ -187,6 +210,18 @@ def check(request: ChatRequest, s: PolicySettings, catalog: Catalog) -> ChatRequ
         field_ = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
         request = msgspec.structs.replace(request, **{field_: model.max_output_tokens})
     return request
+
+
+def check_fault_injection(request: ChatRequest, targets: list[Target], catalog: Catalog) -> None:
+    """Refuse a client's ``switchyard.mock`` faults unless the operator enabled them on every provider the
+    request may reach: an injected failure counts against a circuit breaker every tenant shares."""
+    if not (request.switchyard or {}).get("mock"):
+        return
+    closed = sorted({t.provider for t in targets if not catalog.providers[t.provider].fault_injection})
+    if closed:
+        raise InvalidRequest(f"switchyard.mock (fault injection) is not enabled on {', '.join(closed)}; the "
+                             f"operator turns it on per provider in the catalog (fault_injection: true)",
+                             param="switchyard.mock", code="fault_injection_disabled")
 
 
 def check_allowed_model(model: str, *lists: list[str] | None) -> list[str] | None:
@@ -341,6 +376,18 @@ async def _no_record() -> None:
     return None
 
 
+async def _caller(ctx: RequestContext, deps: PolicyDeps) -> KeyRecord | None:
+    """The key record the request is checked against: the key as stored now, or for a subject signed in with an
+    OIDC token (which never travels on the bus) what the gateway found in its claims and what its issuer's
+    configuration grants — as long as this process still trusts that issuer."""
+    if ctx.issuer is None:
+        return await deps.keyring.fetch(ctx.key_id)
+    issuer = deps.issuers.get(ctx.issuer)
+    if issuer is None or ctx.role not in ROLES:
+        return None
+    return subject_record(issuer, ctx.key_id, ctx.tenant, ctx.team, ctx.role)
+
+
 async def _admit(event: CompletionRequested, deps: PolicyDeps, notes: Notes, delivery: int = 1) -> list[Event]:
     s, catalog, ctx, rid = deps.settings, deps.catalog, event.ctx, event.request_id
     if not (SAFE_REQUEST_ID.match(rid) and SAFE_NAME.match(ctx.tenant) and SAFE_NAME.match(ctx.team)
@@ -350,14 +397,16 @@ async def _admit(event: CompletionRequested, deps: PolicyDeps, notes: Notes, del
     # A first delivery of a synchronous request cannot have an admission record yet (only a redelivery, or a
     # job cancelled while queued, can), so it skips that read.
     first = delivery <= 1 and not ctx.job
-    key, team, record = await asyncio.gather(deps.keyring.fetch(ctx.key_id), teams.get(ctx.tenant, ctx.team),
+    key, team, record = await asyncio.gather(_caller(ctx, deps), teams.get(ctx.tenant, ctx.team),
                                              _no_record() if first else admissions.get(rid))
     if record is not None and record.state != "open":
         return []  # the request already ended (e.g. a job cancelled while queued): nothing to admit
     now = deps.clock()
 
-    # 1. the key, as stored now (revoked a moment ago → refused here even if a watch lags)
+    # 1. the key, as stored now (revoked a moment ago → refused here even if a watch lags), or the OIDC subject
     if key is None or not key.active(now) or key.tenant != ctx.tenant or key.team != ctx.team:
+        if ctx.issuer is not None:
+            raise Unauthenticated("The token's issuer is no longer trusted by this gateway.", code="invalid_token")
         raise Unauthenticated("Incorrect or missing API key. Pass it as 'Authorization: Bearer <key>'.")
     if key.role == "viewer":
         raise PermissionDenied("Viewer keys are read-only: they cannot create completions.")
@@ -378,6 +427,7 @@ async def _admit(event: CompletionRequested, deps: PolicyDeps, notes: Notes, del
         raise PermissionDenied(f"No deployment of '{request.model}' may receive {data_class} data for this key; "
                                f"choose a model served by an allowed provider.", param="model",
                                code="data_class_not_allowed")
+    check_fault_injection(request, targets, catalog)
 
     # 5. prompt risk
     notes.risk_action = eff.risk_action
@@ -403,11 +453,13 @@ async def _admit(event: CompletionRequested, deps: PolicyDeps, notes: Notes, del
     amount, tokens = estimate(request, [catalog.models[t.model] for t in targets], generates=ctx.api != "embeddings",
                               prompt_tokens=prompt_tokens)
     b_scopes = budget_scopes(ctx.tenant, ctx.team, key, eff)
-    r_scopes = rate_scopes(ctx.tenant, ctx.team, key, eff)
+    r_scopes = rate_scopes(ctx.tenant, ctx.team, key, eff, s.quotas)
 
     gauges: dict = {}
     if record is None:
-        gauges = await _take_quota(event, deps, r_scopes, b_scopes, amount, tokens)
+        # Limits of the key or team's own (not only the default quotas) make a request one to record.
+        governed = bool(b_scopes or rate_scopes(ctx.tenant, ctx.team, key, eff))
+        gauges = await _take_quota(event, deps, r_scopes, b_scopes, amount, tokens, governed)
         if gauges is None:
             return []  # the request ended while it was being admitted; everything was given back
     else:
@@ -415,10 +467,15 @@ async def _admit(event: CompletionRequested, deps: PolicyDeps, notes: Notes, del
 
     notes.budgets = [b.key for b in b_scopes]
     notes.reserved_usd = to_usd(amount) if b_scopes else 0.0
+    # The cache plan is decided on the final (redacted) request, after every check and quota: a hit is
+    # admitted, limited and budgeted exactly like a miss (it settles at $0).
+    cache = cache_plan(request, ctx.api, ctx.cache, mode=eff.cache_mode, ttl_s=eff.cache_ttl_s,
+                       max_ttl_s=s.cache_max_ttl_s, similarity=eff.cache_similarity, enabled=s.cache_enabled)
     new_ctx = msgspec.structs.replace(ctx, data_class=data_class, store_text=eff.store_text,
                                       redactions=notes.pii if eff.pii_action == "redact" and notes.pii else None,
                                       rate_headers=headers(gauges) or None,
-                                      holds_quota=bool(r_scopes or b_scopes or record is not None))
+                                      holds_quota=bool(b_scopes),
+                                      cache_plan=cache)
     out: list[Event] = []
     if b_scopes:
         out.append(BudgetReserved(event_id=f"{rid}.budget.reserved", request_id=rid, ctx=new_ctx,
@@ -430,9 +487,14 @@ async def _admit(event: CompletionRequested, deps: PolicyDeps, notes: Notes, del
 
 
 async def _take_quota(event: CompletionRequested, deps: PolicyDeps, r_scopes: list[RateScope],
-                      b_scopes: list[Scope], amount: int, tokens: int) -> dict | None:
+                      b_scopes: list[Scope], amount: int, tokens: int, governed: bool = True) -> dict | None:
     """Steps 7-9: rate limits, budget reservation, admission record — all or nothing (a request with no
     limits and no budget takes and records nothing).
+
+    A request under the default quotas only (not ``governed`` by a limit or budget of its key or team) is not
+    recorded either, just as one without any limit: every request is under the defaults, and a record each
+    would cost a KV write and a day of storage per request. Rate quota is never given back once a request is
+    admitted, so there is nothing to settle; a redelivery (rare) takes its default-quota unit again.
 
     Returns the rate-limit gauges, or None when the request turned out to have ended already.
     """
@@ -453,6 +515,8 @@ async def _take_quota(event: CompletionRequested, deps: PolicyDeps, r_scopes: li
         except RateRefused as exc:
             info = RateLimited(str(exc), retry_after=max(0.001, exc.verdict.retry_after)).info()
             raise Refused(msgspec.structs.replace(info, headers=headers(exc.gauges))) from None
+    if not governed:
+        return gauges
     try:
         if b_scopes:
             await budgets.reserve(rid, b_scopes, amount, expires=event.ctx.deadline + s.reservation_grace_s)

@@ -90,8 +90,18 @@ What is NOT caught (known limits; do not promise more):
 - Values hidden by escapes the scanner does not decode (HTML entities, URL
   percent-encoding); JSON string escapes *are* decoded in tool-call arguments
   and tool messages, which are walked as JSON when they parse.
-- Request fields that are not prompt text: ``tools`` definitions, ``user``,
-  ``metadata``, ``name``, image/audio/file parts.
+- Payloads that are not text: the data of ``data:`` image URLs, of file parts
+  and of audio parts (base64) is not decoded; a file's name is scanned.
+
+What is scanned: every free-text field a request sends upstream, with one
+numbering across them — message contents and text parts of every role,
+message ``name`` and ``refusal``, tool calls' names and arguments, image URLs
+(other than ``data:``), file names, the tool definitions (every string and key
+of each, descriptions and schemas alike; Anthropic ``tools`` arrive as
+these), ``tool_choice``, ``response_format``, ``stop``, ``user`` and
+``metadata`` (keys and values). Redaction writes placeholders into all of
+them: a redacted image URL or tool name no longer works upstream, which is
+the point. docs/security.md has the measured recall per kind.
 """
 
 from __future__ import annotations
@@ -112,7 +122,7 @@ from typing import Any
 
 import msgspec
 
-from shared.canonical import ChatRequest, Message
+from shared.canonical import ChatRequest, ContentPart, Message
 
 PII_KINDS = ("EMAIL", "PHONE", "CARD", "IBAN", "SSN", "IP", "SECRET")
 
@@ -868,6 +878,32 @@ class _Pass:
             return [self._json(v, key) for v in value]
         return {self.text(k): self._json(v, k) for k, v in value.items()}
 
+    def value(self, value: Any) -> Any:
+        """A JSON value sent upstream as it is (tool definitions, ``response_format``, ``metadata``, ``stop``):
+        every string and key in it; the value itself when nothing was found."""
+        if not value:
+            return value
+        before = sum(self.tally.values())
+        new = self._json(value, "")
+        return new if self.rewrite and sum(self.tally.values()) != before else value
+
+    def part(self, p: ContentPart) -> ContentPart:
+        if p.text:
+            t = self.text(p.text)
+            return p if t is p.text else msgspec.structs.replace(p, text=t)
+        if p.image_url is not None:
+            url = p.image_url.get("url")
+            if isinstance(url, str) and not url.startswith("data:"):  # a data: URL's payload is base64
+                new = self.text(url)
+                if new is not url:
+                    return msgspec.structs.replace(p, image_url={**p.image_url, "url": new})
+        elif p.file is not None and isinstance(p.file.get("filename"), str):
+            name = p.file["filename"]
+            new = self.text(name)
+            if new is not name:
+                return msgspec.structs.replace(p, file={**p.file, "filename": new})
+        return p
+
     def message(self, m: Message) -> Message:
         updates: dict[str, Any] = {}
         if isinstance(m.content, str):
@@ -875,31 +911,45 @@ class _Pass:
             if new is not m.content:
                 updates["content"] = new
         elif m.content:
-            parts = [msgspec.structs.replace(p, text=t) if p.text and (t := self.text(p.text)) is not p.text else p
-                     for p in m.content]
+            parts = [self.part(p) for p in m.content]
             if any(a is not b for a, b in zip(parts, m.content)):
                 updates["content"] = parts
         if m.tool_calls:
             calls = []
             for tc in m.tool_calls:
-                if tc.function is not None and tc.function.arguments:
-                    args = self.json_or_text(tc.function.arguments)
-                    if args is not tc.function.arguments:
-                        tc = msgspec.structs.replace(tc, function=msgspec.structs.replace(tc.function, arguments=args))
+                fn = tc.function
+                if fn is not None and (fn.arguments or fn.name):
+                    args = self.json_or_text(fn.arguments) if fn.arguments else fn.arguments
+                    name = self.text(fn.name) if fn.name else fn.name
+                    if args is not fn.arguments or name is not fn.name:
+                        tc = msgspec.structs.replace(tc, function=msgspec.structs.replace(fn, arguments=args,
+                                                                                          name=name))
                 calls.append(tc)
             if any(a is not b for a, b in zip(calls, m.tool_calls)):
                 updates["tool_calls"] = calls
-        if m.refusal:
-            new = self.text(m.refusal)
-            if new is not m.refusal:
-                updates["refusal"] = new
+        for field in ("refusal", "name"):
+            old = getattr(m, field)
+            if old:
+                new = self.text(old)
+                if new is not old:
+                    updates[field] = new
         return msgspec.structs.replace(m, **updates) if updates else m
 
     def request(self, request: ChatRequest) -> ChatRequest:
         messages = [self.message(m) for m in request.messages]
-        if all(a is b for a, b in zip(messages, request.messages)):
-            return request
-        return msgspec.structs.replace(request, messages=messages)
+        updates: dict[str, Any] = {}
+        if any(a is not b for a, b in zip(messages, request.messages)):
+            updates["messages"] = messages
+        for field in ("tools", "tool_choice", "response_format", "stop", "metadata"):
+            old = getattr(request, field)
+            new = self.value(old)
+            if new is not old:
+                updates[field] = new
+        if request.user:
+            user = self.text(request.user)
+            if user is not request.user:
+                updates["user"] = user
+        return msgspec.structs.replace(request, **updates) if updates else request
 
 
 def redact_request(request: ChatRequest) -> tuple[ChatRequest, dict[str, int]]:

@@ -1,8 +1,14 @@
 """Prompt-injection and jailbreak risk: a deterministic score from weighted heuristic signals.
 
-``assess`` reads the text a caller controls — user messages and tool/function
-results (indirect injection), string contents and text parts — and not the
-system/developer prompt (the operator's) or assistant turns. Each
+``assess`` reads every text the client sends, since a client controls all of
+it: messages of every role (user, system, developer, assistant, tool, and an
+Anthropic ``system``, which arrives as a system message), their string
+contents, text parts, names and refusals; tool calls' names and arguments (JSON
+strings decoded); the tool definitions (names, descriptions, every string in
+their schemas); ``response_format`` and ``stop``. What an attacker cannot
+place in a user turn it would otherwise place in one of those. Tool results
+and tool definitions (often written by a third party, e.g. an MCP server) are
+indirect injection. Each
 signal has a weight in (0, 1); a signal seen twice counts as two independent
 pieces of evidence (more hits add nothing), and the score is their noisy-OR,
 ``1 − Π(1 − wᵢ)``, so it stays in [0, 1], grows with every distinct signal,
@@ -43,12 +49,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from shared.canonical import ChatRequest
 
@@ -76,8 +84,7 @@ WEIGHTS = MappingProxyType({
     "indirect_injection": 0.15,
 })
 _INJECTION_SIGNALS = ("instruction_override", "roleplay_jailbreak", "prompt_exfiltration", "delimiter_injection")
-_SCANNED_ROLES = frozenset({"user", "tool", "function"})
-_INDIRECT_ROLES = frozenset({"tool", "function"})
+_INDIRECT_ROLES = frozenset({"tool", "function", "tool_definition"})
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,7 @@ class _Rule:
     pattern: re.Pattern[str]
     anchored: bool = False
     cased: bool = False  # look at the text as written instead of lower-cased
+    negatable: bool = False  # a match right after "never" / "do not" is a rule being stated, not broken
 
 
 _PREVIOUS = (r"(?:all\s+|any\s+|the\s+|of\s+)*"
@@ -159,11 +167,11 @@ _RULE_TABLE: tuple[_Rule, ...] = (
         r"paste|what\s+(?:is|are|was|were))\b[^.\n]{0,25}?\b(?:your\s+(?:\w+\s+){0,2}?"
         rf"{_SYSTEM_PROMPT}\b|(?:the|this)\s+(?:\w+\s+){{0,2}}?{_SYSTEM_PROMPT}\b[^.\n]{{0,30}}?"
         r"\b(?:above|you\s+(?:were|have\s+been)\s+given|you\s+(?:received|have|got|follow)|verbatim|word\s+for\s+word|"
-        r"in\s+full|exactly))")),
+        r"in\s+full|exactly))"), negatable=True),
     _Rule("prompt_exfiltration", (("your instructions", "your rules", "your guidelines", "your directives",
                                    "your configuration", "your prompt"),), re.compile(
         r"\b(?:reveal|show|print|tell\s+me|give\s+me|share|leak|dump|repeat|recite)\b[^.\n]{0,15}?\byour\s+"
-        r"(?:instructions|rules|guidelines|directives|configuration|prompt)\b")),
+        r"(?:instructions|rules|guidelines|directives|configuration|prompt)\b"), negatable=True),
     _Rule("prompt_exfiltration", (("repeat", "print", "output", "copy", "echo", "recite", "reproduce", "return"),
                                   ("above", "before this", "prior to this", "preceding", "so far", "verbatim")),
           re.compile(
@@ -190,10 +198,16 @@ _RULE_TABLE: tuple[_Rule, ...] = (
 )
 
 
+_NEGATED = re.compile(r"(?:\bnever|\bnot|n't|\bno)\s+(?:ever\s+)?\Z")
+
+
 def _count(rule: _Rule, subject: str) -> int:
     """How many times the rule's pattern matches ``subject`` (0 without running it when no trigger is there)."""
     if not rule.anchored:
         if all(any(t in subject for t in group) for group in rule.triggers):
+            if rule.negatable:
+                return sum(1 for m in rule.pattern.finditer(subject)
+                           if _NEGATED.search(subject, max(0, m.start() - 16), m.start()) is None)
             return len(rule.pattern.findall(subject))
         return 0
     starts: set[int] = set()
@@ -285,17 +299,53 @@ def _repetitive(low: str, tokens: list[str]) -> bool:
     return False
 
 
+def _strings(value: Any, out: list[str]) -> list[str]:
+    """Every string inside a JSON value (dict values, list items), in order."""
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _strings(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _strings(v, out)
+    return out
+
+
+def _arguments(arguments: str) -> str:
+    """A tool call's arguments as the model will read them: the JSON's strings (escapes decoded) when it parses."""
+    if arguments.lstrip()[:1] in ("{", "["):
+        try:
+            return "\n".join(_strings(json.loads(arguments), []))
+        except ValueError:
+            pass
+    return arguments
+
+
 def _texts(request: ChatRequest) -> Iterator[tuple[str, str]]:
-    """(role, text) for every caller-controlled text of the request."""
+    """(role, text) for every client-supplied text of the request; tool definitions come as ``tool_definition``."""
     for m in request.messages:
-        if m.role not in _SCANNED_ROLES:
-            continue
         if isinstance(m.content, str):
             yield m.role, m.content
         elif m.content:
             for part in m.content:
                 if part.text:
                     yield m.role, part.text
+        if m.name:
+            yield m.role, m.name
+        if m.refusal:
+            yield m.role, m.refusal
+        for call in m.tool_calls or ():
+            if call.function is not None:
+                if call.function.name:
+                    yield m.role, call.function.name
+                if call.function.arguments:
+                    yield m.role, _arguments(call.function.arguments)
+    for tool in request.tools or ():
+        yield "tool_definition", "\n".join(_strings(tool, []))
+    for extra in (request.response_format, request.stop):
+        if extra:
+            yield "request", "\n".join(_strings(extra, []))
 
 
 def assess(request: ChatRequest) -> RiskAssessment:

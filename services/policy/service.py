@@ -4,13 +4,15 @@ Two durable consumers, each shared by every policy replica: ``policy`` admits
 or denies requested completions; ``policy-settle`` reads ``sy.evt.done.>``
 (every terminal event, whichever gateway it goes to) and
 ``sy.evt.attempt_failed`` (attempts that were billed although they failed) to
-settle or release budget reservations. All shared state is in KV buckets
-(declared in ``shared.state.buckets``):
+settle or release budget reservations. Admission is shared fairly between
+tenants (``fairness.py``): while requests wait in the stream, one tenant holds
+at most its share of this process's in-flight window. All shared state is in
+KV buckets (declared in ``shared.state.buckets``):
 
     sy_keys         API keys (shared.auth)
     sy_teams        team settings (shared.state.teams)
     sy_budgets      budget counters per team / key (shared.state.budgets)
-    sy_ratelimits   GCRA state per team / key (shared.state.ratelimit)
+    sy_ratelimits   GCRA state per team / key / tenant (shared.state.ratelimit)
     sy_admissions   one record per admitted request (admissions.py, policy's own)
 """
 
@@ -22,9 +24,11 @@ import logging
 
 from services.runtime import Deps
 from services.policy.admissions import AdmissionStore
+from services.policy.fairness import FairShare
 from services.policy.handlers import PolicyDeps, admit_or_fail_closed, charge, settle
-from services.policy.metrics import PolicyMetrics
+from services.policy.metrics import BudgetGauges, PolicyMetrics
 from shared.bus import Delivery, Subscription
+from shared.collectors import every
 from shared.events import ATTEMPT_FAILED, DONE_ALL, REQUESTED, AnyEvent, AttemptFailed, CompletionRequested, Event
 from shared.lifecycle import poison, with_deadline
 from shared.state.buckets import ADMISSIONS
@@ -53,18 +57,26 @@ async def policy_deps(deps: Deps) -> PolicyDeps:
         settings=s, catalog=deps.catalog, keyring=deps.keyring,
         teams=await stores.teams(), limiter=await stores.limiter(), budgets=await stores.budgets(),
         admissions=AdmissionStore(await deps.bus.kv(ADMISSIONS), cas_timeout_s=s.cas_timeout_s),
-        pii=_optional("services.policy.pii"), risk=_optional("services.policy.risk"))
+        pii=_optional("services.policy.pii"), risk=_optional("services.policy.risk"),
+        issuers=deps.settings.oidc.by_issuer())
 
 
 async def run(deps: Deps, arg: str | None = None) -> None:
     s = deps.settings.policy
     pdeps = await policy_deps(deps)
-    metrics = PolicyMetrics(deps.telemetry.metrics.registry)
+    metrics = PolicyMetrics(deps.telemetry.metrics.registry, deps.telemetry.metrics.tenants)
+    gauges = BudgetGauges(deps.telemetry.metrics.registry, metrics.budget_teams, pdeps.teams, pdeps.budgets, s)
+    deps.bus.start(every(deps.settings.telemetry.collect_interval_s, gauges.collect, "budgets", deps.telemetry.metrics))
     admit_sub = Subscription(DURABLE, (REQUESTED,), s.consumer)
     settle_sub = Subscription(SETTLE_DURABLE, SETTLE_SUBJECTS, s.settle_consumer)
 
+    # One tenant's flood holds at most its share of this process's window; the rest waits in the stream.
+    fair = FairShare(s.fairness, window=s.consumer.concurrency, max_deliver=s.consumer.max_deliver)
+
     async def on_requested(event: CompletionRequested, delivery: Delivery) -> list[Event]:
-        out = await admit_or_fail_closed(event, pdeps, delivery.num_delivered)
+        rid = event.request_id
+        with fair.slot(event.ctx.tenant, rid, delivery.num_delivered, delivery.pending):
+            out = await admit_or_fail_closed(event, pdeps, fair.deliveries(rid, delivery.num_delivered))
         metrics.observe(out)
         router = deps.local.router  # a router in this process: route now (stage fusion)
         return await router.fuse(out, deps.bus.publish_all) if router is not None else out

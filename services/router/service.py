@@ -20,6 +20,7 @@ not) each delivery went.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from typing import Awaitable, Callable, Sequence
@@ -33,7 +34,7 @@ from shared.errors import Defer
 from shared.events import ADMITTED, ATTEMPT_FAILED, AnyEvent, AttemptDispatched, Event, RequestAdmitted
 from shared.lifecycle import poison, with_deadline
 from shared.settings import ConsumerSettings
-from shared.telemetry import Metrics
+from shared.telemetry import Metrics, Telemetry
 
 log = logging.getLogger("switchyard.router")
 
@@ -44,10 +45,12 @@ SUBJECTS = (ADMITTED, ATTEMPT_FAILED)
 class Router:
     """The router's handlers bound to one process's health store and metrics."""
 
-    def __init__(self, rdeps: RouterDeps, metrics: Metrics, consumer: ConsumerSettings) -> None:
+    def __init__(self, rdeps: RouterDeps, metrics: Metrics, consumer: ConsumerSettings,
+                 telemetry: Telemetry | None = None) -> None:
         self.rdeps = rdeps
         self.metrics = metrics
         self.consumer = consumer
+        self.telemetry = telemetry  # for the router's own span when it routes in policy's process
 
     def _counted(self, out: list[Event]) -> list[Event]:
         for e in out:
@@ -55,6 +58,9 @@ class Router:
                 if e.attempt == 1 and e.decision is not None:
                     self.metrics.routing_decisions.labels(e.decision.mode, e.decision.strategy).inc()
                 self.metrics.router_attempts.labels(e.kind).inc()
+                if e.history:  # re-dispatched after a failure: counted against the deployment that failed
+                    failed = e.history[-1]
+                    self.metrics.fallbacks.labels(e.kind, failed.deployment, failed.provider, failed.model).inc()
         return out
 
     async def handle(self, event: AnyEvent, delivery: Delivery) -> list[Event]:
@@ -81,13 +87,18 @@ class Router:
         admitted = next((e for e in out if isinstance(e, RequestAdmitted)), None)
         if admitted is None or admitted.routed_by:
             return list(out)
-        try:
-            routed = self._counted(route(admitted, self.rdeps))
-        except Exception as exc:  # noqa: BLE001 - the consumer path decides instead
-            log.warning("in-process routing of %s failed, leaving it to the router consumer: %r",
-                        admitted.request_id, exc)
-            return list(out)
-        await publish(routed)
+        # The router's own span (when it has a tracer), so the trace shows the routing stage in either shape.
+        span = (self.telemetry.span("router RequestAdmitted", None, **{"switchyard.request_id": admitted.request_id,
+                                                                       "switchyard.fused": True})
+                if self.telemetry is not None else contextlib.nullcontext())
+        with span:
+            try:
+                routed = self._counted(route(admitted, self.rdeps))
+            except Exception as exc:  # noqa: BLE001 - the consumer path decides instead
+                log.warning("in-process routing of %s failed, leaving it to the router consumer: %r",
+                            admitted.request_id, exc)
+                return list(out)
+            await publish(routed)
         marked = msgspec.structs.replace(admitted, routed_by=self.rdeps.instance)
         return [marked if e is admitted else e for e in out]
 
@@ -98,7 +109,7 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     health = await deps.stores.open_health("router")
     deps.on_stop.append(health.close)
     rdeps = RouterDeps(settings=s, catalog=deps.catalog, health=health, instance=f"router-{uuid.uuid4().hex[:8]}")
-    router = Router(rdeps, metrics, s.consumer)
+    router = Router(rdeps, metrics, s.consumer, telemetry=deps.telemetry)
     sub = Subscription(DURABLE, SUBJECTS, s.consumer)
     await deps.bus.ensure_consumer(sub)
     if s.fuse_with_policy and deps.shape.fused("router"):

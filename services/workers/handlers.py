@@ -14,6 +14,10 @@ first chunk is out, a failure is an ordinary failed attempt (the router may
 fall back); after it, the attempt ends as ``stream_broken`` (no fallback: the
 client already has part of an answer) and what was produced is billed. A
 client that disconnects cancels the upstream call; its tokens are billed too.
+
+When policy put a cache plan in the request's context, the response cache
+(``cache``, see ``services/workers/cache.py``) wraps the call: a hit answers
+without it (replayed as chunks to a streaming client), a miss stores its answer.
 """
 
 from __future__ import annotations
@@ -39,11 +43,12 @@ from shared.events import (
     Target,
     terminal_id,
 )
-from shared.pricing import cost_usd
+from shared.pricing import cost_usd, savings_usd
+from shared.scrub import scrub
 from shared.telemetry import Metrics
 
 from services.workers.adapters import ProviderAdapter
-from services.workers.streaming import StreamAssembler
+from services.workers.streaming import StreamAssembler, replay_chunks
 
 
 class Gate(Protocol):
@@ -63,6 +68,13 @@ class ChunkRelay(Protocol):
     def cancellation(self, request_id: str) -> AsyncContextManager[asyncio.Event]: ...
 
 
+class CacheLayer(Protocol):
+    """The response cache around the upstream call (``services/workers/cache.py``)."""
+
+    async def serve(self, event: AttemptDispatched, call: Callable[[], Awaitable[Event]],
+                    replay: Callable[[ChatResponse], Awaitable[int]] | None) -> Event: ...
+
+
 @dataclass(frozen=True)
 class WorkerDeps:
     """What an attempt needs."""
@@ -73,6 +85,7 @@ class WorkerDeps:
     is_cancelled: Callable[[str], Awaitable[bool]]
     relay: ChunkRelay | None = None
     gate: Gate | None = None
+    cache: CacheLayer | None = None
 
 
 async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps) -> list[Event]:
@@ -84,13 +97,24 @@ async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps
                                     ctx=event.ctx, attempt=event.attempt, target=target, delivery=previous))
     if event.ctx.job and await deps.is_cancelled(rid):
         return out  # the cancel already ended the request
+    if deps.cache is not None and event.ctx.cache_plan is not None:
+        # A hit never reaches the breaker below: it neither needs a permit nor says anything about the provider.
+        out.append(await deps.cache.serve(event, lambda: _gated_call(event, delivery, deps),
+                                          _replayer(event, delivery, deps)))
+        return out
+    out.append(await _gated_call(event, delivery, deps))
+    return out
+
+
+async def _gated_call(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps) -> Event:
+    """The upstream call behind the deployment's circuit breaker: a permit first, the outcome recorded after."""
+    target = event.target
     permit = None
     if deps.gate is not None:
         permit = await deps.gate.acquire(target)
         if not permit.granted:
-            deps.metrics.attempts.labels(target.provider, "circuit_open").inc()
-            out.append(_refused(event, permit))
-            return out
+            count_attempt(deps.metrics, target, "circuit_open")
+            return _refused(event, permit)
     result: Event | None = None
     try:
         result = await _call(event, delivery, deps)
@@ -99,8 +123,33 @@ async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps
             outcome, latency_ms, cost = _outcome_of(result)
             await deps.gate.record(target, permit, outcome, latency_ms,
                                    task=event.decision.task if event.decision is not None else None, cost_usd=cost)
-    out.append(result)
-    return out
+    return result
+
+
+def _cache_status(event: AttemptDispatched) -> str:
+    """What a streamed upstream call tells the gateway about the cache (its response header)."""
+    plan = event.ctx.cache_plan
+    if plan is None:
+        return ""
+    return "bypass" if plan.mode == "bypass" else "miss"
+
+
+def _replayer(event: AttemptDispatched, delivery: Delivery,
+              deps: WorkerDeps) -> Callable[[ChatResponse], Awaitable[int]] | None:
+    """How a cached answer reaches a streaming client: replayed as the chunks a provider would have sent."""
+    if not (event.ctx.stream and deps.relay is not None):
+        return None
+    relay = deps.relay
+
+    async def replay(response: ChatResponse) -> int:
+        chunks = replay_chunks(response)
+        for seq, chunk in enumerate(chunks, 1):
+            await relay.send(event.ctx.origin, event.request_id, ChunkMessage(
+                attempt=event.attempt, delivery=delivery.num_delivered, seq=seq, chunk=chunk,
+                model=event.target.model, cache="hit"))
+        return len(chunks)
+
+    return replay
 
 
 def _refused(event: AttemptDispatched, permit: Any) -> AttemptFailed:
@@ -151,7 +200,7 @@ async def complete_attempt(event: AttemptDispatched, deps: WorkerDeps, timeout: 
     except SwitchyardError as exc:
         latency_ms = (time.perf_counter() - started) * 1000
         info = exc.info()
-        m.attempts.labels(target.provider, info.outcome).inc()
+        count_attempt(m, target, info.outcome)
         m.operation_duration.labels("chat", target.provider, target.model, info.code).observe(latency_ms / 1000)
         return _failed(event, info, latency_ms)
     finally:
@@ -160,10 +209,12 @@ async def complete_attempt(event: AttemptDispatched, deps: WorkerDeps, timeout: 
 
 
 def embedding_input(event: AttemptDispatched) -> EmbeddingRequest:
-    """The client's embedding request, its text inputs taken from the (possibly redacted) prompt messages."""
+    """The client's embedding request, its text inputs and ``user`` taken from the (possibly redacted) prompt."""
     original = event.embedding
     if original is None:
         raise InvalidRequest("an embeddings attempt without its embedding request")
+    if original.user is not None:
+        original = msgspec.structs.replace(original, user=event.request.user)
     if isinstance(original.input, str) or (original.input and isinstance(original.input[0], str)):
         texts = [m.content if isinstance(m.content, str) else "" for m in event.request.messages]
         return msgspec.structs.replace(original, input=texts if not isinstance(original.input, str) else texts[0])
@@ -182,7 +233,7 @@ async def embed_attempt(event: AttemptDispatched, deps: WorkerDeps, timeout: flo
         except TimeoutError:
             raise UpstreamTimeout(f"{target.provider} did not answer within {timeout:.1f}s") from None
     except SwitchyardError as exc:
-        m.attempts.labels(target.provider, exc.info().outcome).inc()
+        count_attempt(m, target, exc.info().outcome)
         return _failed(event, exc.info(), (time.perf_counter() - started) * 1000)
     latency_ms = (time.perf_counter() - started) * 1000
     response = ChatResponse(model=result.model or target.upstream_model, choices=[], usage=result.usage)
@@ -200,7 +251,11 @@ def _succeeded(event: AttemptDispatched, deps: WorkerDeps, response: ChatRespons
     """
     rid, target, usage, m = event.request_id, event.target, response.usage, deps.metrics
     cost = cost_usd(deps.catalog.models[target.model], usage)
-    m.attempts.labels(target.provider, "success").inc()
+    count_attempt(m, target, "success")
+    bill(m, event, usage, cost)
+    baseline = event.decision.baseline if event.decision is not None else None
+    if baseline is not None and baseline.model != target.model:
+        m.savings.labels(*m.tenants(event.ctx.tenant, event.ctx.team)).inc(savings_usd(baseline, usage, cost))
     if operation is not None:
         m.operation_duration.labels(operation, target.provider, target.model, "").observe(latency_ms / 1000)
         m.token_usage.labels(operation, target.provider, target.model, "input").observe(usage.prompt_tokens)
@@ -213,8 +268,26 @@ def _succeeded(event: AttemptDispatched, deps: WorkerDeps, response: ChatRespons
                                decision=event.decision, degraded=event.degraded)
 
 
+def count_attempt(m: Metrics, target: Target, outcome: str) -> None:
+    """One provider call's outcome, per provider and per deployment."""
+    m.attempts.labels(target.provider, outcome).inc()
+    m.deployment_attempts.labels(target.deployment, target.provider, target.model, outcome).inc()
+
+
+def bill(m: Metrics, event: AttemptDispatched, usage: Usage, cost: float) -> None:
+    """What an attempt billed, per tenant and team (bounded labels) and model."""
+    tenant, team = m.tenants(event.ctx.tenant, event.ctx.team)
+    model = event.target.model
+    m.tenant_cost.labels(tenant, team, model).inc(cost)
+    m.tenant_tokens.labels(tenant, team, model, "input").inc(usage.prompt_tokens)
+    m.tenant_tokens.labels(tenant, team, model, "output").inc(usage.completion_tokens)
+
+
 def _failed(event: AttemptDispatched, info: ErrorInfo, latency_ms: float, usage: Usage | None = None,
             cost: float = 0.0) -> AttemptFailed:
+    # The last door out of the worker: whatever an adapter put in the message (a provider's words, an
+    # exception's repr) is scrubbed of credentials and internal addresses before the bus, traces and clients.
+    info = msgspec.structs.replace(info, message=scrub(info.message, limit=1000))
     return AttemptFailed(event_id=f"{event.request_id}.attempt.{event.attempt}.failed", request_id=event.request_id,
                          ctx=event.ctx, dispatch=event, error=info, latency_ms=latency_ms, usage=usage,
                          cost_usd=cost)
@@ -228,6 +301,7 @@ async def stream_attempt(event: AttemptDispatched, delivery: Delivery, deps: Wor
     relay = deps.relay
     m = deps.metrics
     assembler = StreamAssembler(event.request, target.upstream_model)
+    cache = _cache_status(event)
     sent = 0
     ttft_ms: float | None = None
     started = time.perf_counter()
@@ -241,7 +315,8 @@ async def stream_attempt(event: AttemptDispatched, delivery: Delivery, deps: Wor
             assembler.add(chunk)
             sent += 1
             await relay.send(event.ctx.origin, rid, ChunkMessage(
-                attempt=event.attempt, delivery=delivery.num_delivered, seq=sent, chunk=chunk, model=target.model))
+                attempt=event.attempt, delivery=delivery.num_delivered, seq=sent, chunk=chunk, model=target.model,
+                cache=cache))
 
     m.in_flight.labels(target.provider).inc()
     try:
@@ -269,12 +344,14 @@ async def stream_attempt(event: AttemptDispatched, delivery: Delivery, deps: Wor
         m.in_flight.labels(target.provider).dec()
     latency_ms = (time.perf_counter() - started) * 1000
     if error is not None:
-        m.attempts.labels(target.provider, error.outcome).inc()
+        count_attempt(m, target, error.outcome)
         if sent == 0 and error.outcome != "cancelled":
             return _failed(event, error, latency_ms)  # nothing reached the client: fallback is still fine
         if error.outcome != "cancelled":
             error = msgspec.structs.replace(error, outcome="stream_broken",
                                             message=f"the stream broke after {sent} chunks: {error.message}")
         usage = assembler.usage_so_far()
-        return _failed(event, error, latency_ms, usage, cost_usd(model, usage))
+        cost = cost_usd(model, usage)
+        bill(m, event, usage, cost)
+        return _failed(event, error, latency_ms, usage, cost)
     return _succeeded(event, deps, assembler.response(), latency_ms, None, ttft_ms=ttft_ms, chunks=sent)

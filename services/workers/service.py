@@ -12,13 +12,17 @@ import contextlib
 import logging
 from typing import AsyncIterator
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.runtime import Deps
-from services.workers.adapters import adapter_class
+from services.workers.adapters import ProviderAdapter, adapter_class
 from services.workers.adapters.transport import AiohttpTransport
+from services.workers.cache import AdapterEmbedder, ResponseCache
 from services.workers.handlers import WorkerDeps, attempt
+from services.workers.settings import CacheSettings
+from shared import genai
 from shared.bus import Delivery, Subscription
-from shared.catalog import ProviderSpec
+from shared.catalog import Catalog, ProviderSpec
 from shared.events import (
     AttemptDispatched,
     ChunkMessage,
@@ -80,6 +84,26 @@ def http_client(spec: ProviderSpec, pool: int) -> AiohttpTransport:
     return AiohttpTransport(max_connections=min(pool, spec.max_in_flight))
 
 
+def semantic_embedder(catalog: Catalog, settings: CacheSettings, adapters: dict[str, ProviderAdapter],
+                      clients: dict[str, AiohttpTransport], pool: int) -> AdapterEmbedder | None:
+    """The embeddings model semantic cache lookups call (``SWITCHYARD_WORKERS__CACHE__EMBEDDING_MODEL``), through
+    this process's adapter for its provider (one is added, with its own client, when this worker has none)."""
+    name = settings.embedding_model
+    if not name:
+        return None
+    model = catalog.models.get(name)
+    targets = [t for t in catalog.targets(name) if catalog.providers[t.provider].configured()] if model else []
+    if model is None or "embeddings" not in model.capabilities or not targets:
+        raise SystemExit(f"workers.cache.embedding_model: {name!r} is not an embeddings model of the catalog with a "
+                         f"configured provider")
+    target = targets[0]
+    if target.provider not in adapters:
+        spec = catalog.providers[target.provider]
+        clients[target.provider] = http_client(spec, pool)
+        adapters = {**adapters, target.provider: adapter_class(spec.type)(spec, clients[target.provider])}
+    return AdapterEmbedder(adapters[target.provider], target, model)
+
+
 async def run(deps: Deps, arg: str | None = None) -> None:
     catalog = deps.catalog
     if arg:
@@ -102,11 +126,33 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     deps.on_stop.append(health.close)
     relay = NatsChunkRelay(deps.bus)
     await relay.start()
+    embedder = semantic_embedder(catalog, s.cache, adapters, clients, s.pool_connections)
+    cache = ResponseCache(await deps.stores.cache(), s.cache, embedder=embedder)
     wdeps = WorkerDeps(adapters=adapters, catalog=catalog, metrics=deps.telemetry.metrics, is_cancelled=is_cancelled,
-                       relay=relay, gate=health)
+                       relay=relay, gate=health, cache=cache)
+
+    telemetry = deps.telemetry
+    for model in catalog.models:  # each deployment's calls counted from 0: a first burst of failures shows
+        for t in catalog.deployments_of(model):
+            if t.provider in names:
+                for outcome in ("success", "failed"):
+                    telemetry.metrics.deployment_attempts.labels(t.deployment, t.provider, t.model, outcome)
+    for n in names:
+        telemetry.metrics.ttft.labels(n)
 
     async def handle(event: AttemptDispatched, delivery: Delivery) -> list[Event]:
-        return await attempt(event, delivery, wdeps)
+        if not telemetry.tracing:
+            return await attempt(event, delivery, wdeps)
+        # The provider call as a GenAI client span (a child of this message's consumer span).
+        with telemetry.span(genai.attempt_span_name(event), None, kind=SpanKind.CLIENT,
+                            **genai.attempt_attributes(event)) as span:
+            out = await attempt(event, delivery, wdeps)
+            if span.is_recording():
+                attrs, error = genai.outcome_attributes(out)
+                span.set_attributes(attrs)
+                if error is not None:
+                    span.set_status(Status(StatusCode.ERROR, error))
+        return out
 
     async def close() -> None:
         await asyncio.gather(*(c.aclose() for c in clients.values()), return_exceptions=True)

@@ -1,4 +1,5 @@
-"""Folding a canonical chunk stream back into one response (for the terminal event, the ledger and the trace)."""
+"""Folding a canonical chunk stream back into one response (for the terminal event, the ledger and the trace), and
+unfolding a whole response into chunks (a cached answer replayed to a streaming client)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from dataclasses import dataclass, field
 from shared.canonical import (
     ChatRequest,
     ChatResponse,
+    ChunkChoice,
     Choice,
+    Delta,
     FunctionCall,
     Message,
     StreamChunk,
@@ -75,3 +78,36 @@ class StreamAssembler:
                                                                tool_calls=tool_calls),
                                   finish_reason=s.finish_reason or "stop"))
         return ChatResponse(model=self.model, choices=choices, usage=self.usage_so_far())
+
+
+def _pieces(text: str) -> list[str]:
+    """Text in word-sized pieces that join back exactly (each space goes with the word after it)."""
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+def replay_chunks(response: ChatResponse) -> list[StreamChunk]:
+    """A whole response as the chunks a provider would have streamed: the text word by word, each tool call,
+    each choice's finish, then the usage. ``StreamAssembler`` folds them back into the same response."""
+    out: list[StreamChunk] = []
+    for choice in response.choices:
+        message = choice.message
+        content = message.content
+        text = content if isinstance(content, str) else "".join(p.text or "" for p in content or [])
+        deltas: list[Delta] = [Delta(content=p) for p in _pieces(text)] if text else []
+        for i, tc in enumerate(message.tool_calls or []):
+            deltas.append(Delta(tool_calls=[ToolCall(index=i, id=tc.id, type="function", function=FunctionCall(
+                name=tc.function.name if tc.function else None,
+                arguments=tc.function.arguments if tc.function else None))]))
+        if message.refusal is not None:
+            deltas.append(Delta(refusal=message.refusal))
+        if not deltas:
+            deltas.append(Delta(content=""))
+        deltas[0].role = "assistant"
+        out.extend(StreamChunk(choices=[ChunkChoice(index=choice.index, delta=d)], model=response.model)
+                   for d in deltas)
+        out.append(StreamChunk(choices=[ChunkChoice(index=choice.index, delta=Delta(),
+                                                    finish_reason=choice.finish_reason or "stop")],
+                               model=response.model))
+    out.append(StreamChunk(usage=response.usage, model=response.model))
+    return out

@@ -32,6 +32,7 @@ class Bucket:
     history: int = 1
     ttl_s: float | None = None
     description: str = ""
+    ttl_setting: str | None = None  # the ``NatsSettings`` field that overrides ``ttl_s`` (an operator's choice)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Delivery:
     headers: dict[str, str]
     stream_seq: int
     msg: Msg | None = None
+    pending: int = 0  # messages of the consumer still waiting in the stream behind this one
 
 
 class PubAck(msgspec.Struct, frozen=True):
@@ -66,7 +68,7 @@ class PubAck(msgspec.Struct, frozen=True):
 
 
 def delivery_of(msg: Msg) -> Delivery:
-    """The delivery count and stream sequence from a JetStream message's reply subject.
+    """The delivery count, stream sequence and backlog from a JetStream message's reply subject.
 
     ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>`` (or the v2 form
     with domain and account hash in front): read straight from the tokens, where nats-py's ``metadata`` builds
@@ -75,14 +77,16 @@ def delivery_of(msg: Msg) -> Delivery:
     reply = msg.reply or ""
     tokens = reply.split(".")
     if len(tokens) == 9 and reply.startswith("$JS.ACK."):
-        delivered, seq = tokens[4], tokens[5]
+        delivered, seq, pending = tokens[4], tokens[5], tokens[8]
     elif len(tokens) >= 11 and reply.startswith("$JS.ACK."):
-        # $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>...
-        delivered, seq = tokens[6], tokens[7]
+        # $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>
+        # .<pending>...
+        delivered, seq, pending = tokens[6], tokens[7], tokens[10]
     else:
         meta = msg.metadata  # raises NotJSMessageError: not a JetStream delivery
-        delivered, seq = meta.num_delivered, meta.sequence.stream
-    return Delivery(num_delivered=int(delivered), headers=dict(msg.headers or {}), stream_seq=int(seq), msg=msg)
+        delivered, seq, pending = meta.num_delivered, meta.sequence.stream, meta.num_pending
+    return Delivery(num_delivered=int(delivered), headers=dict(msg.headers or {}), stream_seq=int(seq), msg=msg,
+                    pending=int(pending))
 
 
 def backoff(num_delivered: int, base: float = 0.25, cap: float = 10.0) -> float:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable
 
 import msgspec
 import nats
@@ -32,6 +32,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
@@ -39,8 +40,10 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
+from opentelemetry.trace import SpanKind
 
 from shared.bus.busypoll import BusyPoll
+from shared.bus.capacity import StreamCapacity, full_error, is_full
 from shared.bus.contract import (
     BatchHandler,
     Bucket,
@@ -51,12 +54,16 @@ from shared.bus.contract import (
     backoff,
     delivery_of,
 )
+from shared.bus.credentials import connect_options, identity
 from shared.bus.natsfast import Replies, key_value, subscribe_direct
 from shared.bus.pull import PullLoop
 from shared.errors import Defer, ServiceUnavailable, SwitchyardError
 from shared.events import STREAM_SUBJECTS, AnyEvent, Event, decoder, encoder
 from shared.settings import NatsSettings
 from shared.telemetry import Telemetry
+
+if TYPE_CHECKING:  # the role table imports the buckets, which import this package
+    from shared.bus.permissions import Access
 
 log = logging.getLogger("switchyard.bus")
 
@@ -65,16 +72,24 @@ class Bus:
     """A connection to NATS with the stream, consumers and KV buckets Switchyard uses."""
 
     def __init__(self, settings: NatsSettings, telemetry: Telemetry, name: str = "switchyard",
-                 busy_poll_s: float = 0.0) -> None:
+                 busy_poll_s: float = 0.0, access: "Access | None" = None) -> None:
         self.settings = settings
         self.telemetry = telemetry
         self.name = name
+        # The role this process plays on the bus (None: unrestricted, as the operator's tools connect); what it
+        # may reconfigure follows from it, and the server enforces the rest (shared.bus.permissions).
+        self.access = access
+        self.capacity = StreamCapacity(self)
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self.replies: Replies | None = None
         self._kv: dict[str, KeyValue] = {}
         self._tasks: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
+        # Draining (SIGTERM): consume loops stop pulling and finish or hand back what they hold by the deadline.
+        self._draining = asyncio.Event()
+        self._drain_deadline = 0.0
+        self._loops: set[asyncio.Future] = set()  # one per running consume loop, done once it has drained
         # The setting wins; unset, the process's shape decides (``busy_poll_s``, from bootstrap).
         us = settings.busy_poll_us
         self.poll = BusyPoll(us / 1e6 if us is not None else busy_poll_s)
@@ -82,23 +97,57 @@ class Bus:
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def connect(self) -> "Bus":
-        self.nc = await nats.connect(
-            self.settings.url,
+        """Connect (retrying while the server cannot be reached); refused credentials fail at once."""
+        loop = asyncio.get_running_loop()
+        refused: asyncio.Future = loop.create_future()
+
+        async def on_error(exc: Exception) -> None:
+            if self.nc is None and "authorization violation" in str(exc).lower() and not refused.done():
+                refused.set_result(str(exc))
+            await _log_error(exc)
+
+        connecting = asyncio.ensure_future(nats.connect(
+            self.settings.servers,
             name=self.name,
             connect_timeout=self.settings.connect_timeout_s,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             allow_reconnect=True,
             pending_size=64 * 1024 * 1024,
-        )
+            error_cb=on_error,
+            **connect_options(self.settings, self.access),
+        ))
+        await asyncio.wait([connecting, refused], return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            connecting.cancel()
+            await asyncio.gather(connecting, return_exceptions=True)
+            user, _ = identity(self.settings, self.access)
+            who = f"user {user}" if user else ("a .creds file" if self.settings.creds_file else "no credentials")
+            raise RuntimeError(f"NATS refused this process ({who}): {refused.result()}; see docs/security.md")
+        self.nc = connecting.result()
         self.js = self.nc.jetstream(timeout=self.settings.connect_timeout_s)
         self.poll.start()
         self.replies = Replies(self.nc, self.poll.poke)
         await self.replies.start()
         return self
 
+    async def drain(self, timeout_s: float) -> None:
+        """Stop pulling; let in-flight messages finish within ``timeout_s`` and hand the rest back (nak).
+
+        What a process does on SIGTERM before it closes: afterwards every message it took is acked, or
+        nak'd so another replica has it at once rather than after ``ack_wait``. Publishing, KV and core
+        subscriptions keep working until ``close``.
+        """
+        loop = asyncio.get_running_loop()
+        self._drain_deadline = loop.time() + max(0.0, timeout_s)
+        self._draining.set()
+        if self._loops:
+            # Each loop keeps the deadline itself; the margin covers handing back what was cancelled.
+            await asyncio.wait(set(self._loops), timeout=max(0.0, timeout_s) + 2.0)
+
     async def close(self) -> None:
         self._stopping.set()
+        self._draining.set()
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
@@ -114,26 +163,39 @@ class Bus:
         return self.nc is not None and self.nc.is_connected
 
     async def ensure_stream(self) -> None:
-        """Create the event stream, or bring an existing one to the configured shape."""
+        """Create the event stream, or bring an existing one to the configured shape.
+
+        A full stream refuses new events (discard new) instead of dropping its oldest: accepted work is never
+        evicted to make room (``shared.bus.capacity``). Only the role that keeps the stream (audit, or the
+        operator) changes an existing stream's configuration; any other takes it as it is.
+        """
         s = self.settings
         cfg = StreamConfig(
             name=s.stream,
             subjects=STREAM_SUBJECTS,
             retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.NEW,
             storage=StorageType.FILE,
             max_age=s.max_age_s,
             max_bytes=s.max_bytes,
+            max_msgs=s.max_msgs,
             duplicate_window=s.duplicate_window_s,
             num_replicas=s.replicas,
         )
         try:
             await self.js.add_stream(cfg)
         except BadRequestError:
+            if self.access is not None and not self.access.keeps_stream:
+                log.info("stream %s exists with another configuration: the role that keeps it updates it", s.stream)
+                return
             await self.js.update_stream(cfg)
 
     async def ensure_consumer(self, sub: Subscription) -> None:
         cs = sub.settings
         cfg = ConsumerConfig(
+            # Named as well as durable: the create request then names its filter in its subject, which is what
+            # the bus permissions hold a role to (shared.bus.permissions).
+            name=sub.durable,
             durable_name=sub.durable,
             filter_subjects=list(sub.subjects) if len(sub.subjects) > 1 else None,
             filter_subject=sub.subjects[0] if len(sub.subjects) == 1 else None,
@@ -166,15 +228,19 @@ class Bus:
         if bucket.name in self._kv:
             return self._kv[bucket.name]
         stream = f"KV_{bucket.name}"
+        ttl = getattr(self.settings, bucket.ttl_setting) if bucket.ttl_setting else bucket.ttl_s
         try:
             info = await self.js.stream_info(stream)
-            if not info.config.allow_direct:
-                # Buckets made by earlier versions: direct gets are served by the stream itself.
+            # Buckets made by earlier versions (direct gets are served by the stream itself), or with another
+            # expiry than configured now: an owner of the bucket brings it up to date.
+            stale = not info.config.allow_direct or abs((info.config.max_age or 0) - (ttl or 0)) > 0.001
+            if stale and (self.access is None or self.access.writes(bucket.name)):
                 info.config.allow_direct = True
+                info.config.max_age = ttl or 0
                 await self.js.update_stream(info.config)
         except NotFoundError:
             await self.js.create_key_value(KeyValueConfig(
-                bucket=bucket.name, history=bucket.history, ttl=bucket.ttl_s, description=bucket.description,
+                bucket=bucket.name, history=bucket.history, ttl=ttl, description=bucket.description,
                 storage=StorageType.FILE, replicas=self.settings.kv_replicas, direct=True))
         kv = key_value(self.js, self.replies, bucket.name, self.settings.connect_timeout_s)
         self._kv[bucket.name] = kv
@@ -186,10 +252,17 @@ class Bus:
 
     # ---- publishing -----------------------------------------------------------------------
 
+    async def publish_new(self, event: Event) -> PubAck:
+        """Publish a request's first event: refused at once (503, not accepted) while the stream is too full to
+        take new work, so what it holds can still move on (``shared.bus.capacity``)."""
+        self.capacity.check()
+        return await self.publish(event)
+
     async def publish(self, event: Event, attempts: int = 5) -> PubAck:
         """Publish one event durably (PubAck awaited); retried publishes are de-duplicated by event id.
 
-        The returned PubAck's ``duplicate`` says the stream already had an event with this id.
+        The returned PubAck's ``duplicate`` says the stream already had an event with this id. A stream at its
+        limits refuses the event (``ServiceUnavailable``, code ``stream_full``): nothing is dropped to make room.
         """
         data = encoder.encode(event)
         headers = self.telemetry.inject({"Nats-Msg-Id": event.event_id})
@@ -202,6 +275,10 @@ class Bus:
                 if i == attempts - 1:
                     raise ServiceUnavailable(f"event bus unavailable: {type(exc).__name__}") from exc
                 await asyncio.sleep(min(2.0, 0.05 * 2**i))
+            except APIError as exc:
+                if is_full(exc):
+                    raise full_error(self.settings.full_retry_after_s) from exc
+                raise
 
     async def publish_all(self, events: Iterable[Event]) -> None:
         events = list(events)
@@ -233,19 +310,49 @@ class Bus:
 
     async def consume(self, service: str, sub: Subscription, handler: Handler,
                       on_poison: PoisonHandler | None = None) -> None:
-        """Run ``handler`` on every message of ``sub``, up to ``concurrency`` at once, until closed."""
+        """Run ``handler`` on every message of ``sub``, up to ``concurrency`` at once, until drained or closed."""
         pull: PullLoop
+        inflight: set[asyncio.Task] = set()
 
         def dispatch(msg: Msg) -> None:
             # Straight from the subscription callback to a handler task: no queue hop, no per-message timer.
             task = asyncio.ensure_future(self._handle_one(service, sub, msg, handler, on_poison))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
             task.add_done_callback(pull.done)
 
         pull = await self._pull(sub, sub.settings.concurrency, dispatch)
+        self.telemetry.metrics.redeliveries.labels(service)  # at 0 from the start: rate() sees the first one
+        drained = self._loop_started()
         try:
-            await self._stopping.wait()
+            await self._draining.wait()
+            if not self._stopping.is_set():
+                await pull.drain()
+                late = set(inflight)
+                if late:
+                    _, late = await asyncio.wait(late, timeout=self._drain_left())
+                for task in late:
+                    task.cancel()  # ``_handle_one`` hands its message back
+                if late:
+                    await asyncio.wait(late, timeout=1.0)
+                    log.warning("%s: %d message(s) still in flight at the drain deadline handed back",
+                                service, len(late))
         finally:
             await pull.stop()
+            self._loop_done(drained)
+
+    def _loop_started(self) -> asyncio.Future:
+        drained = asyncio.get_running_loop().create_future()
+        self._loops.add(drained)
+        return drained
+
+    def _loop_done(self, drained: asyncio.Future) -> None:
+        self._loops.discard(drained)
+        if not drained.done():
+            drained.set_result(None)
+
+    def _drain_left(self) -> float:
+        return max(0.0, self._drain_deadline - asyncio.get_running_loop().time())
 
     async def _handle_one(self, service: str, sub: Subscription, msg: Msg, handler: Handler,
                           on_poison: PoisonHandler | None) -> None:
@@ -257,10 +364,12 @@ class Bus:
             return
         kind = type(event).__name__
         delivery = delivery_of(msg)
+        if delivery.num_delivered > 1:
+            metrics.redeliveries.labels(service).inc()
         started = time.perf_counter()
         keepalive = _Keepalive(msg, sub.settings.ack_wait_s)
         try:
-            with self.telemetry.span(f"{service} {kind}", delivery.headers,
+            with self.telemetry.span(f"{service} {kind}", delivery.headers, kind=SpanKind.CONSUMER,
                                      **{"switchyard.request_id": event.request_id}):
                 out = await handler(event, delivery)
                 await self.publish_all(out)
@@ -268,6 +377,11 @@ class Bus:
             result = "ack"
         except Exception as exc:  # noqa: BLE001 - mapped to an acknowledgement below
             result = await self._settle_failure(service, sub, msg, event, exc, on_poison)
+        except asyncio.CancelledError:
+            # Stopped before it finished (the drain deadline passed): hand the message back now so another
+            # replica takes it at once; its outcome so far is unknown, which redelivery already allows for.
+            await _quiet(msg.nak())
+            raise
         finally:
             keepalive.stop()
         metrics.events.labels(service, kind, result).inc()
@@ -316,11 +430,24 @@ class Bus:
             arrived.set()
 
         pull = await self._pull(sub, cs.batch * 2, collect)
+        self.telemetry.metrics.redeliveries.labels(service)  # at 0 from the start: rate() sees the first one
         loop = asyncio.get_running_loop()
+        drained = self._loop_started()
+
+        async def stop_pulling() -> None:
+            await self._draining.wait()
+            if not self._stopping.is_set():
+                await pull.drain()
+            arrived.set()  # wake the loop: it handles what it holds, then returns
+
+        watcher = asyncio.ensure_future(stop_pulling())
         try:
             while not self._stopping.is_set():
-                await arrived.wait()
-                close_at = loop.time() + cs.linger_s
+                if not pull.draining:
+                    await arrived.wait()
+                if pull.draining and (not buffer or not self._drain_left()):
+                    break
+                close_at = loop.time() + (0.0 if pull.draining else cs.linger_s)
                 while len(buffer) < cs.batch and loop.time() < close_at:
                     arrived.clear()
                     try:
@@ -334,7 +461,11 @@ class Bus:
                 for _ in msgs:
                     pull.done()
         finally:
+            watcher.cancel()
+            # Taken but not handled (the drain deadline passed, or closed): back to the stream at once.
+            await asyncio.gather(*(_quiet(m.nak()) for m in buffer))
             await pull.stop()
+            self._loop_done(drained)
 
     async def _handle_batch(self, service: str, sub: Subscription, msgs: list[Msg], handler: BatchHandler) -> None:
         items = []
@@ -344,6 +475,9 @@ class Bus:
                 await _quiet(msg.term())
                 continue
             items.append((event, delivery_of(msg)))
+        redelivered = sum(1 for _, d in items if d.num_delivered > 1)
+        if redelivered:
+            self.telemetry.metrics.redeliveries.labels(service).inc(redelivered)
         if not items:
             return
         started = time.perf_counter()
@@ -386,3 +520,12 @@ async def _quiet(aw: Awaitable) -> None:
         await aw
     except Exception as exc:  # noqa: BLE001
         log.debug("acknowledgement failed: %r", exc)
+
+
+async def _log_error(exc: Exception) -> None:
+    """nats-py's asynchronous errors: a permissions violation means this role tried what it may not."""
+    text = str(exc)
+    if "permissions violation" in text.lower():
+        log.error("NATS refused this process: %s", text)
+    else:
+        log.warning("NATS error: %r", exc)

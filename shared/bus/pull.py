@@ -56,6 +56,7 @@ class PullLoop:
         self._api = f"$JS.API.CONSUMER.MSG.NEXT.{bus.settings.stream}.{sub.durable}"
         self._watch: asyncio.Task | None = None
         self._reconnects = 0
+        self.draining = False  # no more pulls; anything still arriving is handed back
 
     async def start(self) -> None:
         nc = self.bus.nc
@@ -63,6 +64,23 @@ class PullLoop:
         self._nsub = await self.bus.subscribe(self._inbox, self._on_msg)
         self._watch = asyncio.ensure_future(self._watchdog())
         await self._refill()
+
+    async def drain(self) -> None:
+        """Stop pulling (the process is shutting down): no new pull requests, and the open one withdrawn.
+
+        The inbox is unsubscribed and a round trip made, so every message the server sent before it knew is
+        seen here and handed back (nak) for another replica; once the server has processed the unsubscribe
+        it drops the pull request, having no one to deliver to.
+        """
+        self.draining = True
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._nsub is not None:
+            try:
+                await self._nsub.drain()
+            except Exception as exc:  # noqa: BLE001 - connection gone: its messages come back after ack_wait
+                log.debug("pull %s: drain failed: %r", self.sub.durable, exc)
+            self._nsub = None
 
     async def stop(self) -> None:
         if self._watch is not None:
@@ -78,6 +96,9 @@ class PullLoop:
         status = msg.headers.get("Status") if msg.headers else None
         if status is None:
             self.owed = max(0, self.owed - 1)
+            if self.draining:
+                self.bus.start(_hand_back(msg))
+                return
             self.busy += 1
             self.deliver(msg)
             return
@@ -94,7 +115,7 @@ class PullLoop:
 
     async def _refill(self) -> None:
         want = self.window - self.owed - self.busy
-        if want <= 0 or (self.owed + self.busy > self.window // 2 and self.owed > 0):
+        if self.draining or want <= 0 or (self.owed + self.busy > self.window // 2 and self.owed > 0):
             return
         req = {"batch": want, "expires": int(self.EXPIRES_S * 1e9), "idle_heartbeat": int(self.HEARTBEAT_S * 1e9)}
         self.owed += want
@@ -124,5 +145,13 @@ class PullLoop:
     def done(self, _: object = None) -> None:
         """One delivered message is finished: make room for more."""
         self.busy -= 1
-        if self.owed + self.busy <= self.window // 2:
+        if self.owed + self.busy <= self.window // 2 and not self.draining:
             self.bus.start(self._refill())
+
+
+async def _hand_back(msg: Msg) -> None:
+    """A message that arrived after draining began: straight back to the stream for another replica."""
+    try:
+        await msg.nak()
+    except Exception as exc:  # noqa: BLE001 - connection gone: redelivered after ack_wait instead
+        log.debug("hand back failed: %r", exc)

@@ -13,9 +13,18 @@ TEAMS = Bucket("sy_teams", history=1, description="teams and their governance se
 BUDGETS = Bucket("sy_budgets", history=1, description="budget counters and open reservations per team / key")
 RATES = Bucket("sy_ratelimits", history=1, ttl_s=120, description="GCRA rate-limit state per team / key")
 ADMISSIONS = Bucket("sy_admissions", history=1, ttl_s=86400, description="what admission took, per request")
-JOBS = Bucket("sy_jobs", history=1, ttl_s=7 * 24 * 3600, description="async job status and results")
+# Job results are completions: kept only as long as ``NatsSettings.job_ttl_s`` says (default one day).
+JOBS = Bucket("sy_jobs", history=1, ttl_s=24 * 3600, ttl_setting="job_ttl_s",
+              description="async job status and results")
+# Per tenant: the jobs accepted and not finished, and their bytes (shared.state.queues).
+QUEUES = Bucket("sy_queues", history=1, description="queued async jobs and their bytes per tenant")
 # No TTL: an operator's forced state must not expire.
 BREAKERS = Bucket("sy_breakers", history=1, description="circuit breaker state per deployment")
+# Every record carries its own expiry (a team's TTL); the bucket's age limit is the ceiling an operator may set.
+CACHE_MAX_AGE_S = 7 * 24 * 3600
+CACHE = Bucket("sy_cache", history=1, ttl_s=CACHE_MAX_AGE_S,
+               description="response cache per team: answers by request hash, coalescing locks, semantic index")
+PROMPTS = Bucket("sy_prompts", history=1, description="prompt templates per tenant: versions and the active one")
 # What nobody refreshes fades away.
 HEALTH = Bucket("sy_health", history=1, ttl_s=600,
                 description="observed outcomes, latency and in-flight calls per deployment and process; retry budgets")

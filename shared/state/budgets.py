@@ -29,6 +29,13 @@ Periods roll over lazily: the first write in a new day (month) starts it at
 zero. Open reservations count against the current period whatever day they
 were taken, which can only refuse earlier, never overspend.
 
+Concurrency: reservations, settlements and releases of one scope made at the
+same time in one process are applied in order and written together
+(``GroupCommit``), each decided on the counter as the ones before it left it:
+the limit check is exactly as strict as one compare-and-set per request, but a
+flood of one team's requests costs one write per batch, so contention on a busy
+budget queues for a few milliseconds instead of timing out into a 503.
+
 Soft alerts: when settling pushes a period's spend to a threshold (e.g. 80 %,
 95 %) not yet marked in ``alerted``, the mark is added in the same
 compare-and-set and an alert is returned — once per scope, period and
@@ -46,7 +53,7 @@ import msgspec
 from msgspec import Struct
 from nats.js.kv import KeyValue
 
-from shared.state.kv import Codec, cas, read
+from shared.state.kv import Codec, GroupCommit, read
 from shared.state.scopes import scope_label
 
 NANO = 1_000_000_000
@@ -260,9 +267,12 @@ class BudgetStore:
         self.clock = clock
         self.codec = Codec(Counter)
         self.cas_timeout_s = cas_timeout_s
+        # A team's counter is one key that every admission and settlement of the team writes: concurrent
+        # changes in this process go in one write, so contention on a busy team never times out into a 503.
+        self._writes = GroupCommit(kv, self.codec, timeout_s=cas_timeout_s, what="budget store")
 
     async def _cas(self, key: str, change):
-        return await cas(self.kv, key, self.codec, change, timeout_s=self.cas_timeout_s, what="budget store")
+        return await self._writes.cas(key, change)
 
     async def reserve(self, request_id: str, scopes: list[Scope], amount: int, expires: float) -> list[str]:
         """Reserve ``amount`` in every scope, or none (BudgetRefused). Returns stale reservations swept."""

@@ -35,14 +35,25 @@ async def create_job(kv: KeyValue, record: JobRecord) -> bool:
     return await create(kv, record.id, CODEC, record, "job store")
 
 
-async def advance_job(kv: KeyValue, job_id: str,
-                      change: Callable[[JobRecord | None], JobRecord | None]) -> JobRecord | None:
-    """Apply ``change`` to the stored record with compare-and-set; returns what is stored afterwards."""
+async def advance_job(kv: KeyValue, job_id: str, change: Callable[[JobRecord | None], JobRecord | None],
+                      finished: Callable[[JobRecord], None] | None = None) -> JobRecord | None:
+    """Apply ``change`` to the stored record with compare-and-set; returns what is stored afterwards.
+
+    ``finished(record)`` is called when this very call moved the job into a terminal status, which happens
+    once per job whoever writes (its tenant's queue count is given back then: ``shared.state.queues``).
+    """
+    ended: list[JobRecord] = []
 
     def step(current: JobRecord | None) -> tuple[JobRecord | None, JobRecord | None]:
+        ended.clear()  # only the decision of the write that went through counts
         new = change(current)
         if new is None or (current is not None and not moves_forward(current, new)):
             return None, current
+        if new.status in TERMINAL_JOB_STATUSES:
+            ended.append(new)
         return new, new
 
-    return await cas(kv, job_id, CODEC, step, what="job store")
+    stored = await cas(kv, job_id, CODEC, step, what="job store")
+    if ended and finished is not None:
+        finished(ended[0])
+    return stored

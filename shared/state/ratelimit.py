@@ -18,9 +18,9 @@ request may retry after ``tat + c·T − 60 s − now``.
 Each scope — a key (``key.<key_id>``) or a team (``team.<tenant>.<team>``) —
 is one entry in ``sy_ratelimits`` holding both timestamps, updated with one
 compare-and-set, so RPM and TPM of a scope are taken together or not at all.
-Scopes are taken in order (key, then team); when one refuses, those already
-taken are given back (``tat −= c·T``), so a refused request consumes no quota
-anywhere. The bucket's entries expire 2 minutes after their last write, when
+All scopes of a request are taken at once (one round trip); when one refuses,
+those taken are given back (``tat −= c·T``), so a refused request consumes no
+quota anywhere. The bucket's entries expire 2 minutes after their last write, when
 their state is "at rest" anyway.
 
 TPM counts what admission can know: the estimated prompt tokens plus the
@@ -29,6 +29,7 @@ output cap (``max_tokens``, or the model's maximum), as OpenAI's own limits do.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Callable
@@ -36,7 +37,7 @@ from typing import Callable
 from msgspec import Struct
 from nats.js.kv import KeyValue
 
-from shared.state.kv import Codec, cas, read
+from shared.state.kv import Codec, GroupCommit, read
 from shared.state.scopes import scope_label
 
 WINDOW_S = 60.0
@@ -186,27 +187,33 @@ class RateLimiter:
         self.clock = clock
         self.codec = Codec(RateState)
         self.cas_timeout_s = cas_timeout_s
+        # Every request of a key (and of its tenant) writes the same entry: batch concurrent writes (see
+        # ``shared.state.kv.GroupCommit``), so a flood is refused with 429s, never with contention 503s.
+        self._writes = GroupCommit(kv, self.codec, timeout_s=cas_timeout_s, what="rate-limit store")
 
     async def _cas(self, key: str, change):
-        return await cas(self.kv, key, self.codec, change, timeout_s=self.cas_timeout_s, what="rate-limit store")
+        return await self._writes.cas(key, change)
 
     async def acquire(self, scopes: list[RateScope], tokens: int) -> dict[str, Gauge]:
-        """Take one request and ``tokens`` in every scope; RateRefused (with nothing taken) otherwise."""
-        taken: list[RateScope] = []
-        verdicts: list[Verdict] = []
-        try:
-            for scope in scopes:
-                # The clock is read on every compare-and-set attempt: a retried attempt must not judge with
-                # the time of its first try (its gauges would be off by a unit).
-                verdict = await self._cas(scope.key,
-                                          lambda s, sc=scope: acquire_change(s, sc, tokens, self.clock()))
-                verdicts.append(verdict)
-                if not verdict.allowed:
-                    raise RateRefused(verdict, tightest(verdicts))
-                taken.append(scope)
-        except BaseException:
+        """Take one request and ``tokens`` in every scope; RateRefused (with nothing taken) otherwise.
+
+        The scopes are separate entries, so they are taken concurrently (one round trip, not one per scope);
+        when any refuses or cannot be reached, those taken are given back.
+        """
+        # The clock is read on every compare-and-set attempt: a retried attempt must not judge with the time
+        # of its first try (its gauges would be off by a unit).
+        outcomes = await asyncio.gather(
+            *(self._cas(scope.key, lambda s, sc=scope: acquire_change(s, sc, tokens, self.clock()))
+              for scope in scopes), return_exceptions=True)
+        verdicts = [o for o in outcomes if isinstance(o, Verdict)]
+        failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        refused = next((v for v in verdicts if not v.allowed), None)
+        if failed is not None or refused is not None:
+            taken = [sc for sc, o in zip(scopes, outcomes) if isinstance(o, Verdict) and o.allowed]
             await self.rollback(taken, tokens, quiet=True)
-            raise
+            if failed is not None:
+                raise failed
+            raise RateRefused(refused, tightest(verdicts))
         return tightest(verdicts)
 
     async def rollback(self, scopes: list[RateScope], tokens: int, quiet: bool = False) -> None:

@@ -1,4 +1,5 @@
-"""Budget and rate-limit scopes: a team (``team.<tenant>.<team>``) or a key (``key.<key_id>``).
+"""Budget and rate-limit scopes: a team (``team.<tenant>.<team>``), a key (``key.<key_id>``) or, for the default
+rate limits only, a whole tenant (``tenant.<tenant>``).
 
 The same scope key names a counter in ``sy_budgets`` and a GCRA state in
 ``sy_ratelimits``; policy writes both, the admin API reads them.
@@ -15,7 +16,14 @@ def key_scope_key(key_id: str) -> str:
     return f"key.{key_id}"
 
 
+def tenant_scope_key(tenant: str) -> str:
+    return f"tenant.{tenant}"
+
+
 def scope_label(key: str) -> str:
-    """A scope for messages: ``team.<tenant>.<team>`` → ``team acme/ml``, ``key.<id>`` → ``key <id>``."""
+    """A scope for messages: ``team.<tenant>.<team>`` → ``team acme/ml``, ``key.<id>`` → ``key <id>``,
+    ``tenant.<tenant>`` → ``tenant acme``."""
     kind, _, rest = key.partition(".")
-    return f"team {rest.replace('.', '/')}" if kind == "team" else f"key {rest}"
+    if kind == "team":
+        return f"team {rest.replace('.', '/')}"
+    return f"tenant {rest}" if kind == "tenant" else f"key {rest}"

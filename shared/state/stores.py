@@ -9,13 +9,17 @@ watched ``HealthStore`` with its own writer id, opened by ``open_health``.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from shared.catalog import Catalog
 from shared.state.budgets import BudgetStore
-from shared.state.buckets import BUDGETS, RATES, TEAMS
+from shared.state.buckets import BUDGETS, CACHE, PROMPTS, QUEUES, RATES, TEAMS
+from shared.state.cache import CacheStore
 from shared.state.health import HealthStore
+from shared.state.prompts import PromptStore
+from shared.state.queues import TenantQueues
 from shared.state.ratelimit import RateLimiter
 from shared.state.settings import BreakerSettings, HealthSettings
 from shared.state.teams import TeamStore
@@ -27,7 +31,8 @@ S = TypeVar("S")
 
 
 class Stores:
-    """Teams, budgets and rate limits (one object each per process) and the health stores' settings."""
+    """Teams, budgets, rate limits, the response cache and prompt templates (one object each per process) and the
+    health stores' settings."""
 
     def __init__(self, bus: "Bus", catalog: Catalog, *, cas_timeout_s: float, breaker: BreakerSettings,
                  health: HealthSettings, retry_budget_window_s: float, metrics=None,
@@ -58,6 +63,19 @@ class Stores:
 
     async def limiter(self) -> RateLimiter:
         return await self._store(RATES, RateLimiter)
+
+    async def cache(self) -> CacheStore:
+        async def purge(keys: str) -> None:  # the team's records leave the stream, not just its index
+            await self.bus.js.purge_stream(f"KV_{CACHE.name}", subject=f"$KV.{CACHE.name}.{keys}")
+
+        return await self._store(CACHE, functools.partial(CacheStore, purge=purge))
+
+    async def queues(self) -> TenantQueues:
+        """Per-tenant queued-job counts (the gateway admits against them; whoever ends a job gives it back)."""
+        return await self._store(QUEUES, TenantQueues)
+
+    async def prompts(self) -> PromptStore:
+        return await self._store(PROMPTS, PromptStore)
 
     async def open_health(self, role: str) -> HealthStore:
         """A new watched health store for ``role`` (its writer id names it in KV); the caller closes it."""

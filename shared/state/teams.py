@@ -2,7 +2,8 @@
 
 Tenants contain teams; a team's settings say what its keys may spend and
 send: budgets, rate limits, what happens to PII and to risky prompts, the
-default data class, and whether audit may keep completion text. A setting
+default data class, whether audit may keep completion text, and how the
+response cache serves it. A setting
 left unset falls back to the policy defaults (``SWITCHYARD_POLICY__*``); a
 team without a record (e.g. one only named by a configured key) has every
 default. Policy reads the record at each admission, so an update applies to
@@ -30,6 +31,8 @@ RiskAction = Literal["allow", "flag", "block"]
 Usd = Annotated[float, Meta(ge=0)]
 PerMinute = Annotated[int, Meta(ge=1)]
 Fraction = Annotated[float, Meta(gt=0, le=1)]
+Seconds = Annotated[float, Meta(gt=0)]
+CacheMode = Literal["off", "request", "exact", "semantic"]
 
 
 class TeamSettings(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -47,6 +50,10 @@ class TeamSettings(Struct, frozen=True, kw_only=True, omit_defaults=True):
     store_text: bool | None = None
     allowed_models: list[str] | None = None
     allowed_providers: list[str] | None = None
+    # The response cache (docs/cache.md): off / request (only when a request asks) / exact / semantic.
+    cache_mode: CacheMode | None = None
+    cache_ttl_s: Seconds | None = None  # held to the operator's ceiling
+    cache_similarity: Fraction | None = None  # cosine similarity a semantic hit needs
 
 
 class TeamRecord(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -99,6 +106,9 @@ class TeamDefaults(Protocol):
     risk_block_threshold: float
     data_class: str
     alert_thresholds: list[float]
+    cache_mode: str
+    cache_ttl_s: float
+    cache_similarity: float
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,9 @@ class Effective:
     tpm: int | None = None
     allowed_models: list[str] | None = None
     allowed_providers: list[str] | None = None
+    cache_mode: str = "request"
+    cache_ttl_s: float = 3600.0
+    cache_similarity: float = 0.9
 
 
 def effective(team: TeamRecord | None, s: TeamDefaults) -> Effective:
@@ -135,7 +148,8 @@ def effective(team: TeamRecord | None, s: TeamDefaults) -> Effective:
         store_text=pick("store_text", False), thresholds=list(pick("alert_thresholds", s.alert_thresholds)),
         daily_usd=pick("daily_budget_usd", None), monthly_usd=pick("monthly_budget_usd", None),
         rpm=pick("rpm", None), tpm=pick("tpm", None), allowed_models=pick("allowed_models", None),
-        allowed_providers=pick("allowed_providers", None))
+        allowed_providers=pick("allowed_providers", None), cache_mode=pick("cache_mode", s.cache_mode),
+        cache_ttl_s=pick("cache_ttl_s", s.cache_ttl_s), cache_similarity=pick("cache_similarity", s.cache_similarity))
 
 
 class TeamStore:

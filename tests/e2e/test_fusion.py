@@ -63,12 +63,26 @@ async def test_the_first_attempt_is_stored_before_the_routed_admission(system):
     assert trace["status"] == "succeeded" and len(trace["attempts"]) == 1
 
 
+@pytest.fixture(scope="module")
+async def system(tmp_path_factory):
+    """Switchyard on its own nats-server that keeps every event (these tests read a finished request's events
+    back from the stream, which the sweep would have removed: shared.bus.retention)."""
+    server = NatsServer(tmp_path_factory.mktemp("nats-fusion")).start()
+    settings = make_settings(server, tmp_path_factory.mktemp("data-fusion"))
+    settings.nats.sweep_s = 0
+    running = await start_system(settings)
+    yield running
+    await running.close()
+    server.stop()
+
+
 @pytest.fixture
 async def unfused(tmp_path):
     """A second Switchyard on its own nats-server (one stream per server captures ``sy.evt.>``)."""
     server = NatsServer(tmp_path / "nats").start()
-    running = await start_system(make_settings(server.url, tmp_path / "data",
-                                               router=RouterSettings(fuse_with_policy=False)))
+    settings = make_settings(server, tmp_path / "data", router=RouterSettings(fuse_with_policy=False))
+    settings.nats.sweep_s = 0  # the test reads the request's events back from the stream
+    running = await start_system(settings)
     yield running
     await running.close()
     server.stop()

@@ -52,7 +52,7 @@ async def provider_system(tmp_path_factory):
     catalog = Path(tmp) / "catalog.yaml"
     catalog.write_text(yaml.safe_dump(catalog_for(fakes)))
     nats = NatsServer(Path(tmp) / "nats").start()
-    system = await start_system(make_settings(nats.url, Path(tmp) / "data", catalog_path=str(catalog)))
+    system = await start_system(make_settings(nats, Path(tmp) / "data", catalog_path=str(catalog)))
     yield system, fakes
     await system.close()
     nats.stop()

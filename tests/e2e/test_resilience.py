@@ -20,7 +20,8 @@ from shared.state.health import HealthStore
 from shared.state.settings import HealthSettings
 from shared.bus import Bus
 from shared.natsd import NatsServer
-from shared.settings import NatsSettings, TelemetrySettings
+from shared.bus.permissions import Access
+from shared.settings import TelemetrySettings
 from shared.telemetry import Telemetry
 from tests.fakes.providers import Fault, FakeProviders
 from tests.support.api import finished, wait_trace
@@ -125,7 +126,7 @@ async def resilient(nats, fake, tmp_path_factory):
     data = tmp_path_factory.mktemp("data-resilience")
     catalog = Path(data) / "catalog.yaml"
     catalog.write_text(CATALOG.format(base=fake.base_url("openai")))
-    settings = make_settings(nats.url, data, catalog_path=str(catalog), router=router_settings())
+    settings = make_settings(nats, data, catalog_path=str(catalog), router=router_settings())
     system = await start_system(settings, "audit,policy,worker,gateway")
     replicas = [await start_replica(settings, "router") for _ in range(2)]
     assert all(r.deps.is_ready() for r in replicas)
@@ -268,7 +269,7 @@ async def test_two_router_replicas_see_the_same_breaker_state(resilient, fake):
     # And two independent readers of the shared state agree with each other.
     readers = []
     for _ in range(2):
-        bus = await Bus(NatsSettings(url=resilient.deps.settings.nats.url), Telemetry(TelemetrySettings())).connect()
+        bus = await Bus(resilient.deps.settings.nats, Telemetry(TelemetrySettings()), access=Access("gateway")).connect()
         rs = router_settings()
         readers.append((bus, await HealthStore.open(bus, role="test", breaker=rs.breaker, health=rs.health,
                                                     retry_budget_window_s=rs.retry_budget_window_s)))

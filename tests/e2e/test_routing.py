@@ -90,7 +90,7 @@ async def routed(tmp_path_factory):
     data = tmp_path_factory.mktemp("data-routing")
     catalog = Path(data) / "catalog.yaml"
     catalog.write_text(CATALOG)
-    system = await start_system(make_settings(server.url, data, catalog_path=str(catalog)))
+    system = await start_system(make_settings(server, data, catalog_path=str(catalog)))
     yield system
     await system.close()
     server.stop()

@@ -41,7 +41,8 @@ def nats(tmp_path: Path):
 async def test_every_documented_shape_answers_and_records(nats, tmp_path: Path, shape: str, fuse: bool):
     gateway_port = free_port()
     base = {
-        "SWITCHYARD_NATS__URL": nats.url,
+        **nats.client_env(),  # each process connects as the bus role of its targets
+        "SWITCHYARD_NATS__SWEEP_S": "0",  # the events stay: the test counts them on the stream afterwards
         "SWITCHYARD_ADMIN_KEY": KEY,
         "SWITCHYARD_DATA_DIR": str(tmp_path / "data"),
         "SWITCHYARD_GATEWAY__PORT": str(gateway_port),
@@ -94,7 +95,7 @@ async def test_every_documented_shape_answers_and_records(nats, tmp_path: Path, 
 
         # Fused, policy routed every admission itself (it lands on the subject no router reads); otherwise
         # (apart, or fusion turned off) every admission went through the router's consumer.
-        nc = await nats_py.connect(nats.url)
+        nc = await nats_py.connect(**nats.connect_options())
         try:
             info = await nc.jetstream().stream_info("SWITCHYARD", subjects_filter="sy.evt.admitted.>")
             routed_at_admission = (info.state.subjects or {}).get("sy.evt.admitted.routed", 0)

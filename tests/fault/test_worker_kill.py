@@ -93,7 +93,7 @@ async def test_worker_sigkill_mid_flight_loses_nothing(tmp_path: Path):
     nats = NatsServer(tmp_path / "nats").start()
     port = free_port()
     env = {
-        "SWITCHYARD_NATS__URL": nats.url,
+        **nats.client_env(),  # each process connects as the bus role of its targets
         "SWITCHYARD_ADMIN_KEY": KEY,
         "SWITCHYARD_CATALOG_PATH": str(Path(__file__).parent / "catalog.yaml"),
         "SWITCHYARD_DATA_DIR": str(tmp_path / "data"),

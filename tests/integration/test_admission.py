@@ -17,7 +17,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from services.policy import pii, risk
 from services.policy.admissions import AdmissionStore
 from services.policy.handlers import PolicyDeps, admit, admit_or_fail_closed, charge, settle
-from services.policy.settings import PolicySettings
+from services.policy.settings import PolicySettings, QuotaSettings
 from shared.auth import KeyEntry, KeyLimits, KeyRing
 from shared.canonical import ChatRequest, ChatResponse, Choice, Message, Usage
 from shared.catalog import load_catalog
@@ -68,7 +68,7 @@ def catalog(tmp_path_factory):
 
 @pytest.fixture
 async def kv(nats_server):
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(**nats_server.connect_options())  # the operator: test buckets
     js = nc.jetstream()
     suffix = uuid.uuid4().hex[:10]
     made = {}
@@ -87,7 +87,9 @@ async def kv(nats_server):
 
 @pytest.fixture
 def deps(kv, catalog):
-    return PolicyDeps(settings=PolicySettings(max_messages=3, max_n=2), catalog=catalog, keyring=RING,
+    # No default quotas: these tests name every limit they need (tests/unit/policy/test_quotas.py has the defaults).
+    settings = PolicySettings(max_messages=3, max_n=2, quotas=QuotaSettings(key_rpm=0, tenant_rpm=0))
+    return PolicyDeps(settings=settings, catalog=catalog, keyring=RING,
                       teams=TeamStore(kv["teams"]), limiter=RateLimiter(kv["rates"]),
                       budgets=BudgetStore(kv["budgets"]), admissions=AdmissionStore(kv["admissions"]),
                       pii=pii, risk=risk)

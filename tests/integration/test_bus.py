@@ -24,7 +24,7 @@ from tests.support.wait import eventually
 @pytest.fixture(scope="module")
 async def bus(tmp_path_factory):
     server = NatsServer(tmp_path_factory.mktemp("busnats")).start()
-    b = Bus(NatsSettings(url=server.url), Telemetry(TelemetrySettings()))
+    b = Bus(server.client_settings(), Telemetry(TelemetrySettings()))  # the operator: test consumers and buckets
     await b.connect()
     await b.ensure_stream()
     yield b

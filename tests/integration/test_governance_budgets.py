@@ -10,16 +10,12 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import msgspec
 import pytest
 
-from services.policy.handlers import check
-from services.policy.handlers import estimate as estimate_admission
 from services.policy.settings import PolicySettings
-from shared.canonical import ChatRequest
 from shared.settings import ConsumerSettings
 from shared.state.budgets import to_usd
-from tests.support.governance import bearer, chat, make_key, make_team, start_cluster
+from tests.support.governance import bearer, budget, chat, estimate, make_key, make_team, start_cluster
 from tests.support.wait import eventually
 
 
@@ -30,19 +26,6 @@ async def cluster(tmp_path_factory):
     c = await start_cluster(tmp_path_factory.mktemp("budgets"), policy_replicas=2, policy=policy)
     yield c
     await c.close()
-
-
-def estimate(cluster, body: dict) -> int:
-    """The reservation policy makes for ``body`` (nano-USD), computed the same way."""
-    catalog = cluster.system.deps.catalog
-    request = check(msgspec.convert(body, ChatRequest), cluster.settings.policy, catalog)
-    return estimate_admission(request, [catalog.models[t.model] for t in catalog.targets(request.model)])[0]
-
-
-async def budget(http: httpx.AsyncClient, team: str) -> dict:
-    r = await http.get(f"/v1/budgets/{team}")
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 async def ledger_total(http: httpx.AsyncClient, team: str, rows: int) -> dict:

@@ -21,13 +21,14 @@ CONFIGURED = [KeyEntry(key="sk-configured-admin-0123456789", role="admin", opera
 
 @pytest.fixture(scope="module")
 async def nats_url(tmp_path_factory):
+    """Settings connecting as the gateway, the role that owns the keys (the fixture kept its old name)."""
     server = NatsServer(tmp_path_factory.mktemp("nats-keys")).start()
-    yield server.url
+    yield server.client_settings("gateway")
     server.stop()
 
 
-async def replica(url: str, seed=CONFIGURED, secret=SECRET, clock=time.time) -> tuple[Bus, KeyStore]:
-    bus = await Bus(NatsSettings(url=url), Telemetry(TelemetrySettings())).connect()
+async def replica(nats: NatsSettings, seed=CONFIGURED, secret=SECRET, clock=time.time) -> tuple[Bus, KeyStore]:
+    bus = await Bus(nats, Telemetry(TelemetrySettings())).connect()
     store = KeyStore(secret, seed, clock=clock)
     await store.start(bus)
     return bus, store

@@ -9,7 +9,7 @@ import pytest
 
 from shared.bus import Bucket, Bus
 from shared.errors import ServiceUnavailable
-from shared.settings import NatsSettings, TelemetrySettings
+from shared.settings import TelemetrySettings
 from shared.state.kv import Codec, cas, create, create_or_read, kv_get, read
 from shared.telemetry import Telemetry
 
@@ -25,7 +25,7 @@ CODEC = Codec(Count)
 
 @pytest.fixture(scope="module")
 async def bus(nats_server):
-    b = Bus(NatsSettings(url=nats_server.url), Telemetry(TelemetrySettings()))
+    b = Bus(nats_server.client_settings(), Telemetry(TelemetrySettings()))  # the operator: test buckets
     await b.connect()
     yield b
     await b.close()

@@ -14,7 +14,7 @@ from services.bootstrap import build, parse_targets, run_targets
 from services.gateway.settings import GatewaySettings
 from services.runtime import Deps
 from services.settings import ApiKeyConfig, Settings
-from shared.natsd import free_port
+from shared.natsd import NatsServer, free_port
 from shared.settings import NatsSettings
 from tests.support.catalogs import SYSTEM_CATALOG
 from tests.support.wait import eventually
@@ -24,10 +24,14 @@ MEMBER_KEY = "sk-test-member"
 OTHER_TENANT_KEY = "sk-test-other-tenant"
 
 
-def make_settings(nats_url: str, data_dir: Path, **overrides) -> Settings:
-    """Settings for a test system: test keys, the test catalog, random ports."""
+def make_settings(nats: NatsServer | str, data_dir: Path, **overrides) -> Settings:
+    """Settings for a test system: test keys, the test catalog, random ports.
+
+    Given the test's ``NatsServer``, every process built from them connects as the bus role of its targets with
+    the server's generated passwords (auth on, as in production); given a bare URL, with no credentials.
+    """
     values = dict(
-        nats=NatsSettings(url=nats_url),
+        nats=nats.client_settings(user=None) if isinstance(nats, NatsServer) else NatsSettings(url=nats),
         gateway=GatewaySettings(port=free_port()),
         admin_key=ADMIN_KEY,
         api_keys={MEMBER_KEY: ApiKeyConfig(tenant="default", team="team-a"),

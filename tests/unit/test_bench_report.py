@@ -38,3 +38,27 @@ def test_derive_takes_the_best_from_the_sweep_and_the_searched_points():
           "search": {"32": point(720, 85)}}
     f = derive({"systems": {"direct": direct, "sy-all": sy}})["sy-all"]
     assert (f["best_rps"], f["best_c"]) == (720, 32)
+
+
+def test_cache_hits_get_rows_against_the_bare_upstream():
+    from bench.report import build_rows
+
+    direct = {"sweep": {"1": point(10_000, 0.4), "64": point(30_000, 3.0)}}
+    sy = {"sweep": {"1": point(900, 2.0)}, "cache_hits_c1": {**point(1500, 1.5), "p50_ms": 0.9},
+          "cache_hits_load": {**point(4000, 40.0), "connections": 64}}
+    results = {"systems": {"direct": direct, "sy-all": sy}}
+    f = derive(results)["sy-all"]
+    assert f["cache_added_p50_ms"] == 0.9 - 1.0 and f["cache_added_p99_ms"] == 1.5 - 0.4
+    rows = dict(build_rows(results))
+    assert rows["cache hits c=64: requests/s (direct: bare upstream)"]["direct"][1] == 30_000
+    assert rows["cache hits c=64: requests/s (direct: bare upstream)"]["sy-all"][1] == 4000
+    assert rows["cache hits c=1: p50 / p99 (ms) (direct: bare upstream)"]["sy-all"][0] == "0.90 / 1.50"
+    assert not any("cache" in label for label, _ in build_rows({"systems": {"direct": direct, "sy-all": {
+        "sweep": {"1": point(900, 2.0)}}}}))
+
+
+def test_wrk_sends_the_cache_header():
+    from bench.load import lua_script
+
+    script = lua_script("/v1/chat/completions", {"model": "m"}, "sk-1", headers={"x-switchyard-cache": "use"})
+    assert 'wrk.headers["x-switchyard-cache"] = "use"' in script

@@ -40,6 +40,9 @@ class _Nats:
     def start(self):
         return self
 
+    def client_env(self) -> dict[str, str]:
+        return {"SWITCHYARD_NATS__URL": self.url}
+
 
 @pytest.mark.parametrize("cls, processes", [(SwitchyardSplit, 5), (SwitchyardDuo, 2), (SwitchyardTrio, 3),
                                                (RequestPathOnly, 1)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -320,3 +321,32 @@ def test_corpus_is_deterministic_for_a_seed():
     sample = pii_corpus.generate(200, seed=7)
     assert all(s.text[lab.start:lab.end] for s in sample for lab in s.labels)
     assert sum(len(s.negatives) for s in sample) >= 100
+
+
+def test_known_gaps_are_measured_as_documented():
+    """docs/security.md quotes these recalls (0 for every known gap); a detector that starts catching one
+    must bring the documentation along."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    section = doc.split("## PII detection: what it catches and what it misses", 1)[1]
+    for (kind, form), (found, total) in pii_corpus.gap_recall(find_pii, n=50).items():
+        assert total == 50 and found == 0, (kind, form, found, "update the known gaps in docs/security.md")
+    for kind in pii_corpus.GAPS:
+        assert f"| {kind} |" in section
+
+
+def test_every_free_text_field_sent_upstream_is_redacted_with_one_numbering():
+    email = "jane.doe@example.com"
+    request = ChatRequest(
+        model="m", user=email, metadata={"owner": email}, stop=["SSN 123-45-6789"],
+        messages=[Message(role="user", name=email, content=[
+            ContentPart(type="image_url", image_url={"url": f"https://img.example.com/a.png?owner={email}"}),
+            ContentPart(type="image_url", image_url={"url": "data:image/png;base64,am9obkBleGFtcGxlLmNvbQ=="})])],
+        tools=[{"type": "function", "function": {"name": "f", "description": f"mail {email}"}}],
+        response_format={"type": "json_schema", "json_schema": {"schema": {"description": email}}})
+    redacted, counts = redact_request(request)
+    assert counts == {"EMAIL": 6, "SSN": 1} and scan_request(request) == counts
+    text = msgspec.json.encode(redacted).decode()
+    assert email not in text and "123-45-6789" not in text and text.count("<EMAIL_1>") == 6
+    assert redacted.messages[0].content[1] == request.messages[0].content[1]  # a data: URL is left as it is
+    plain = ChatRequest(model="m", messages=[Message(role="user", content="hi")], tools=[{"type": "function"}])
+    assert redact_request(plain)[0] is plain

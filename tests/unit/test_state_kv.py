@@ -7,6 +7,7 @@ behaviour against a real nats-server is in ``tests/integration/test_state_kv.py`
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,7 +17,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 
 from shared.bus import NO_MESSAGE
 from shared.errors import ServiceUnavailable
-from shared.state.kv import Codec, Known, cas, create, create_or_read, is_conflict, kv_get, read
+from shared.state.kv import Codec, GroupCommit, Known, cas, create, create_or_read, is_conflict, kv_get, read
 
 NO_STREAM = 10059
 
@@ -183,3 +184,92 @@ def test_conflicts_are_told_from_failures():
     assert is_conflict(KeyWrongLastSequenceError(description="wrong last sequence"))
     assert is_conflict(Exception("nats: key exists"))
     assert not is_conflict(TimeoutError())
+
+
+# ---- GroupCommit: concurrent changes of one key, one write per batch ------------------------------------
+
+class CountingKV(FakeKV):
+    """A FakeKV that counts writes and makes each one take a moment (so changes pile up behind it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    async def _write(self, key: str, value: bytes, expected: int) -> int:
+        self.writes += 1
+        await asyncio.sleep(0.001)
+        return await super()._write(key, value, expected)
+
+
+async def test_group_commit_applies_concurrent_changes_in_order_in_few_writes():
+    kv = CountingKV()
+    commits = GroupCommit(kv, CODEC, what="budget store")
+    results = await asyncio.gather(*(commits.cas("k", bump) for _ in range(100)))
+    assert sorted(results) == list(range(1, 101))  # each caller saw the value its own change made
+    assert (await read(kv, "k", CODEC)).n == 100
+    assert kv.writes < 10  # the first change alone, then the rest in batches
+
+
+async def test_group_commit_refuses_per_change_like_one_cas_each():
+    kv = CountingKV()
+    commits = GroupCommit(kv, CODEC)
+
+    def take_if_room(current: Count | None) -> tuple[Count | None, bool]:
+        n = current.n if current else 0
+        return (Count(n + 1), True) if n < 7 else (None, False)  # a limit of 7, like a budget
+
+    taken = await asyncio.gather(*(commits.cas("k", take_if_room) for _ in range(30)))
+    assert taken.count(True) == 7 and (await read(kv, "k", CODEC)).n == 7
+
+
+async def test_a_change_that_raises_fails_only_its_caller():
+    kv = CountingKV()
+    commits = GroupCommit(kv, CODEC)
+
+    def broken(current: Count | None):
+        raise ValueError("bad change")
+
+    results = await asyncio.gather(commits.cas("k", bump), commits.cas("k", broken), commits.cas("k", bump),
+                                   return_exceptions=True)
+    assert isinstance(results[1], ValueError) and sorted(results[::2]) == [1, 2]
+
+
+async def test_group_commit_retries_a_batch_that_lost_a_race_to_another_process():
+    kv = CountingKV()
+    kv.put_now("k", Count(10))
+    commits = GroupCommit(kv, CODEC)
+    kv.before_write = lambda key: kv.put_now(key, Count(20))  # another replica writes in between
+    assert await commits.cas("k", bump) == 21
+
+
+async def test_group_commit_reports_an_unreachable_store_to_every_caller():
+    kv = CountingKV()
+    kv.write_error = TimeoutError("no answer")
+    commits = GroupCommit(kv, CODEC, what="budget store")
+    results = await asyncio.gather(*(commits.cas("k", bump) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, ServiceUnavailable) for r in results)
+    kv.write_error = None
+    assert await commits.cas("k", bump) == 1  # nothing stuck: the next change goes through
+
+
+async def test_group_commit_skips_the_read_of_a_key_it_wrote_last():
+    kv = CountingKV()
+    commits = GroupCommit(kv, CODEC)
+    for expected in (1, 2, 3):
+        assert await commits.cas("k", bump) == expected
+    assert kv.gets == 1  # only the first change read the key
+
+
+async def test_a_remembered_value_never_decides_alone():
+    kv = CountingKV()
+    commits = GroupCommit(kv, CODEC)
+
+    def take_if_room(current: Count | None) -> tuple[Count | None, bool]:
+        n = current.n if current else 0
+        return (Count(n + 1), True) if n < 2 else (None, False)
+
+    assert [await commits.cas("k", take_if_room) for _ in range(2)] == [True, True]
+    kv.put_now("k", Count(0))  # another process gave the room back: the remembered value (2, full) is stale
+    assert await commits.cas("k", take_if_room) is True  # decided again on the stored value, not refused
+    kv.put_now("k", Count(5))  # and a stale value that would write loses the race and reads again
+    assert await commits.cas("k", bump) == 6

@@ -59,11 +59,8 @@ from shared.errors import (
     UpstreamUnavailable,
 )
 from shared.events import Target
+from shared.scrub import scrub  # every provider message is scrubbed before it leaves the adapter
 
-_SECRETS = re.compile(
-    r"(sk-[A-Za-z0-9_-]{6,}|Bearer\s+[A-Za-z0-9._~+/=-]+|AKIA[0-9A-Z]{12,}|ASIA[0-9A-Z]{12,}"
-    r"|AIza[0-9A-Za-z_-]{20,}|key=[A-Za-z0-9_-]{10,}|Signature=[0-9a-f]{16,}|Credential=[A-Za-z0-9/_-]+)"
-)
 # How providers phrase "your prompt does not fit" (OpenAI, Anthropic, Gemini, Mistral, Bedrock, vLLM).
 _CONTEXT = re.compile(
     r"context[ _-]?(length|window|limit)|maximum context|too many (input )?tokens|prompt is too long"
@@ -126,11 +123,6 @@ class StreamDecoder(Protocol):
 
 
 # ---- errors ---------------------------------------------------------------------------------
-
-def scrub(text: str, limit: int = 500) -> str:
-    """A provider message fit for operators: no credentials, bounded length."""
-    return _SECRETS.sub("[redacted]", text)[:limit]
-
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
     """``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP date, capped."""

@@ -75,7 +75,7 @@ FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT",
 _UNSUPPORTED = {"logit_bias": "token biasing"}
 _AUDIO = {"wav": "audio/wav", "mp3": "audio/mp3", "flac": "audio/flac", "aac": "audio/aac", "ogg": "audio/ogg",
           "aiff": "audio/aiff"}
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)s$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)s\Z")
 _encoder = msgspec.json.Encoder()
 
 

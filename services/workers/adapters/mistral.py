@@ -30,7 +30,7 @@ from services.workers.adapters.openai import (
 from shared.canonical import ChatRequest, ChatResponse, EmbeddingRequest
 from shared.events import Target
 
-_MISTRAL_ID = re.compile(r"^[A-Za-z0-9]{9}$")
+_MISTRAL_ID = re.compile(r"^[A-Za-z0-9]{9}\Z")
 FINISH_MISTRAL = {**FINISH, "model_length": "length"}
 _UNSUPPORTED = {
     "logit_bias": "token biasing",

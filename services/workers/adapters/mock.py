@@ -1,9 +1,12 @@
 """The built-in deterministic provider: the same request always gets the same answer, chunks and vectors.
 
-Used when no provider key is configured, by tests and by demos. Latency and
+Used when no provider key is configured, by tests and by demos. Its embeddings
+put similar texts close together (hashed words, trigrams and bigrams), so the
+semantic cache can be exercised without a model. Latency and
 failures can be injected per provider (catalog ``options``: ``latency_ms``,
 ``failure_rate``, ``failure_status``, ``seed``, ``embedding_dimensions``) or
-per request through the ``switchyard.mock`` extension object (``latency_ms``,
+per request through the ``switchyard.mock`` extension object, only on a
+provider whose catalog entry says ``fault_injection: true`` (``latency_ms``,
 ``status``, ``retry_after``, ``content``, and for streams ``chunk_delay_ms``
 and ``cut_after`` -- the number of content chunks after which the stream
 breaks off without finishing).
@@ -15,12 +18,13 @@ import asyncio
 import hashlib
 import math
 import random
+import re
 import struct
 from typing import Any, AsyncIterator
 
 import msgspec
 
-from services.workers.adapters.base import DEFAULT_EMBED_DIMENSIONS, classify, stream_cut
+from services.workers.adapters.base import DEFAULT_EMBED_DIMENSIONS, classify, refuse, stream_cut
 from shared.canonical import (
     ChatRequest,
     ChatResponse,
@@ -51,7 +55,7 @@ def reply_for(request: ChatRequest) -> tuple[str, int]:
     return "Mock reply: " + " ".join(words) + ".", n
 
 
-def vector_for(text: str, dimensions: int) -> list[float]:
+def _hashed(text: str, dimensions: int) -> list[float]:
     """A unit vector derived from the text's hash: equal texts embed equally, different ones differ."""
     raw: list[float] = []
     counter = 0
@@ -62,6 +66,54 @@ def vector_for(text: str, dimensions: int) -> list[float]:
     raw = raw[:dimensions]
     norm = math.sqrt(sum(v * v for v in raw)) or 1.0
     return [v / norm for v in raw]
+
+
+_STOPWORDS = frozenset("a an and are as at be by can do does did for how i in is it its me my of on or please s "
+                       "that the this to what whats with you your".split())
+_FEATURE_CHARS = 20_000  # the mock reads this much of a text: its cost stays bounded on huge inputs
+
+
+def _word(w: str) -> str:
+    """A crude stem, enough for plurals to meet their singular."""
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+        return w[:-1]
+    return w
+
+
+def _features(text: str) -> dict[str, float]:
+    """Content words, their character trigrams and word bigrams, weighted (the lexical core of an embedding)."""
+    words = [_word(w) for w in re.findall(r"[a-z0-9]+", text[:_FEATURE_CHARS].lower()) if w not in _STOPWORDS]
+    out: dict[str, float] = {}
+    for w in words:
+        out["w:" + w] = out.get("w:" + w, 0.0) + 1.0
+        padded = f" {w} "
+        for i in range(len(padded) - 2):
+            out["t:" + padded[i:i + 3]] = out.get("t:" + padded[i:i + 3], 0.0) + 0.3
+    for a, b in zip(words, words[1:]):
+        out[f"b:{a} {b}"] = out.get(f"b:{a} {b}", 0.0) + 0.3
+    return out
+
+
+def vector_for(text: str, dimensions: int) -> list[float]:
+    """A unit vector in which similar texts lie close: hashed lexical features (feature hashing with signs) plus
+    a small share of the text's own hash, so equal texts embed equally and different ones differ (slightly, when
+    they share every feature). Semantic-cache tests and the paraphrase measurement rely on the closeness."""
+    raw = [0.0] * dimensions
+    for feature, weight in _features(text).items():
+        h = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "big")
+        raw[h % dimensions] += weight if (h >> 32) & 1 else -weight
+    norm = math.sqrt(math.fsum(v * v for v in raw))
+    exact = _hashed(text, dimensions)
+    if norm == 0:
+        return exact  # no words at all (punctuation, an empty string): only the hash says anything
+    mixed = [v / norm + 0.02 * e for v, e in zip(raw, exact)]
+    norm = math.sqrt(math.fsum(v * v for v in mixed))
+    return [v / norm for v in mixed]
+
+
+MAX_EMBEDDING_VALUES = 1_000_000  # inputs × dimensions of one request: the mock computes them on the event loop
 
 
 class MockAdapter:
@@ -77,7 +129,12 @@ class MockAdapter:
         self._rng = random.Random(o.get("seed", 7))
 
     def _hints(self, request: Any) -> dict[str, Any]:
-        return (request.switchyard or {}).get("mock") or {}
+        hints = (request.switchyard or {}).get("mock") or {}
+        if hints and not self.spec.fault_injection:
+            # Admission refuses these already; a request that reaches here anyway is refused the same way.
+            raise refuse(self.spec.name, "switchyard.mock", "fault injection is not enabled for this provider "
+                                                             "(catalog: fault_injection: true)")
+        return hints
 
     async def _before(self, hints: dict[str, Any]) -> None:
         """Injected latency and failures, shared by every call."""
@@ -137,6 +194,9 @@ class MockAdapter:
         else:
             texts = [x if isinstance(x, str) else msgspec.json.encode(x).decode() for x in inp]
         dims = request.dimensions or self.dimensions
+        if len(texts) * dims > MAX_EMBEDDING_VALUES:
+            raise refuse(self.spec.name, "dimensions", f"at most {MAX_EMBEDDING_VALUES} values per request "
+                                                       f"(inputs × dimensions)")
         return EmbeddingResponse(model=target.upstream_model, data=[vector_for(t, dims) for t in texts],
                                  usage=Usage(prompt_tokens=sum(estimate_tokens(t) for t in texts)))
 

@@ -9,7 +9,7 @@ import pytest
 
 from services.workers.adapters.mock import MockAdapter
 from shared.canonical import EmbeddingRequest
-from shared.errors import UpstreamBadResponse, UpstreamRateLimited, UpstreamUnavailable
+from shared.errors import InvalidRequest, UpstreamBadResponse, UpstreamRateLimited, UpstreamUnavailable
 
 from tests.support.adapters import chat, collect, finish_of, spec, target, text_of
 
@@ -18,6 +18,11 @@ MOCK = target("openai", "mock-1")
 
 def mock(**options) -> MockAdapter:
     return MockAdapter(spec("mock", options=options))
+
+
+def injectable() -> MockAdapter:
+    """A mock whose catalog entry lets requests inject faults (``fault_injection: true``)."""
+    return MockAdapter(spec("mock").model_copy(update={"fault_injection": True}))
 
 
 async def test_stream_is_deterministic_and_matches_the_sync_answer():
@@ -56,7 +61,7 @@ async def test_embeddings_are_deterministic_unit_vectors():
 
 async def test_injected_status_fails_the_stream_before_any_chunk():
     request = chat(switchyard={"mock": {"status": 429, "retry_after": 3}})
-    stream = mock().stream(request, MOCK, 5)
+    stream = injectable().stream(request, MOCK, 5)
     with pytest.raises(UpstreamRateLimited) as exc:
         await anext(stream)
     assert exc.value.retry_after == 3
@@ -65,14 +70,15 @@ async def test_injected_status_fails_the_stream_before_any_chunk():
 async def test_injected_cut_breaks_off_mid_stream():
     seen = []
     with pytest.raises(UpstreamBadResponse, match="stream cut"):
-        async for c in mock().stream(chat(switchyard={"mock": {"cut_after": 2}}), MOCK, 5):
+        async for c in injectable().stream(chat(switchyard={"mock": {"cut_after": 2}}), MOCK, 5):
             seen.append(c)
     assert len(seen) == 2 and not any(c.usage for c in seen)  # two words, never the usage chunk
 
 
 async def test_chunk_delay_spaces_the_stream():
     started = time.monotonic()
-    chunks = await collect(mock().stream(chat(max_tokens=5, switchyard={"mock": {"chunk_delay_ms": 20}}), MOCK, 5))
+    chunks = await collect(injectable().stream(chat(max_tokens=5, switchyard={"mock": {"chunk_delay_ms": 20}}),
+                                               MOCK, 5))
     assert time.monotonic() - started >= 0.02 * (len(chunks) - 3)  # no delay before the first or the closing two
 
 
@@ -82,3 +88,8 @@ async def test_provider_failure_rate_applies_to_streams_and_embeddings():
         await collect(adapter.stream(chat(), MOCK, 5))
     with pytest.raises(UpstreamUnavailable):
         await adapter.embed(EmbeddingRequest(model="e", input="x"), MOCK, 5)
+
+
+async def test_injected_faults_are_refused_unless_the_catalog_enables_them():
+    with pytest.raises(InvalidRequest, match="fault injection is not enabled"):
+        await mock().complete(chat(switchyard={"mock": {"status": 500}}), MOCK, 5)

@@ -65,6 +65,9 @@ class SwitchyardError(Exception):
     outcome = "failed"
     public = False
     retryable = False
+    # An operator-only account of what went wrong (e.g. a provider's status and error body), set by whoever
+    # raises it and already scrubbed (shared/scrub.py); never part of ``info()``, so never shown to a client.
+    detail: str | None = None
 
     def __init__(self, message: str = "", *, param: str | None = None, code: str | None = None,
                  retry_after: float | None = None) -> None:

@@ -308,6 +308,9 @@ class AttemptFailed(Event, frozen=True, kw_only=True, tag=True):
     latency_ms: float = 0.0
     usage: Usage | None = None
     cost_usd: float = 0.0
+    # Operator-only, scrubbed: the upstream status and error body excerpt. Audit keeps it; only an operator's
+    # trace read shows it, and it never reaches the client's error.
+    detail: str | None = None
 
     def subject(self) -> str:
         return ATTEMPT_FAILED

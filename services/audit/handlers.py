@@ -155,6 +155,7 @@ class AttemptRow(Struct, frozen=True, kw_only=True):
     error_message: str | None = None
     ttft_ms: float | None = None  # streamed attempts: time to the first chunk
     cache: str | None = None  # what the response cache did (CacheInfo as JSON), on a success
+    detail: str | None = None  # a failure's operator-only account (scrubbed by the worker)
 
 
 class LedgerRow(Struct, frozen=True, kw_only=True):
@@ -387,7 +388,7 @@ def _attempt_row(event: AnyEvent) -> AttemptRow | None:
                              event.error.outcome, event.ts)
         return msgspec.structs.replace(
             base, latency_ms=event.latency_ms, cost_usd=event.cost_usd,
-            error_code=event.error.code, error_message=event.error.message,
+            error_code=event.error.code, error_message=event.error.message, detail=event.detail,
             **({} if usage is None else _tokens(usage)))
     if isinstance(event, CompletionSucceeded):
         base = _attempt_base(event.request_id, event.attempt, FINAL_DELIVERY, event.target, SUCCESS, event.ts)

@@ -60,6 +60,7 @@ class _LedgerQuery(msgspec.Struct, forbid_unknown_fields=True):
 class _TraceQuery(msgspec.Struct, forbid_unknown_fields=True):
     request_id: str
     tenant: str
+    operator: bool = False  # the reader is an operator: attempts carry their detail
 
 
 async def run(deps: Deps, arg: str | None = None) -> None:
@@ -155,7 +156,7 @@ def consumer_for(s: AuditSettings, shares_process: bool) -> ConsumerSettings:
 
 
 async def _trace(store: AuditStore, q: _TraceQuery) -> dict:
-    return {"trace": await store.trace(q.request_id, q.tenant)}
+    return {"trace": await store.trace(q.request_id, q.tenant, operator=q.operator)}
 
 
 async def _ledger(store: AuditStore, q: _LedgerQuery) -> dict:

@@ -134,6 +134,7 @@ def build_schema(prefix: str = "audit_") -> Schema:
         Column("error_message", Text),
         Column("ttft_ms", Float),
         Column("cache", Text),
+        Column("detail", Text),  # operator-only (see AuditStore.trace); added later, so nullable
     )
     ledger = Table(
         f"{prefix}ledger", md,
@@ -242,7 +243,7 @@ def _attempt_upsert(insert: Any, t: Table) -> Any:
     resolves = and_(t.c.outcome == DISPATCHED, new.outcome != DISPATCHED)
     on_resolve = {name: case((resolves, new[name]), else_=t.c[name]) for name in (
         "outcome", "latency_ms", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
-        "cost_usd", "error_code", "error_message", "ttft_ms", "cache")}
+        "cost_usd", "error_code", "error_message", "ttft_ms", "cache", "detail")}
     return stmt.on_conflict_do_update(index_elements=["request_id", "attempt", "delivery"], set_={
         **on_resolve, "ts": case((new.ts < t.c.ts, new.ts), else_=t.c.ts)})
 
@@ -342,8 +343,11 @@ class AuditStore:
 
     # ---- reading ----------------------------------------------------------------------------
 
-    async def trace(self, request_id: str, tenant: str) -> dict | None:
-        """The request's trace, or None when there is none *for this tenant* (callers answer 404 either way)."""
+    async def trace(self, request_id: str, tenant: str, operator: bool = False) -> dict | None:
+        """The request's trace, or None when there is none *for this tenant* (callers answer 404 either way).
+
+        Each attempt's ``detail`` (the scrubbed upstream status and error body) is in it for an operator only.
+        """
         r, a = self.schema.requests, self.schema.attempts
         adm, bud = self.schema.admissions, self.schema.budget
         async with self.engine.connect() as conn:
@@ -389,7 +393,7 @@ class AuditStore:
             },
             "job": req["job"],
             "trace_id": req["trace_id"],
-            "attempts": [_attempt_view(row, whys.get(row["attempt"])) for row in rows],
+            "attempts": [_attempt_view(row, whys.get(row["attempt"]), operator) for row in rows],
         }
         # How the router decided, when it recorded a decision: every candidate, and each attempt's outcome.
         if routed is not None:
@@ -611,7 +615,7 @@ def _add_missing_columns(conn: Any, metadata: MetaData) -> None:
                 conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}')
 
 
-def _attempt_view(row: Any, why: Any = None) -> dict[str, Any]:
+def _attempt_view(row: Any, why: Any = None, operator: bool = False) -> dict[str, Any]:
     routing = {} if why is None else {
         "kind": why["kind"], "breaker_state": why["breaker_state"] or None, "reason": why["reason"] or None,
         "not_before": why["not_before"], "degraded": bool(why["degraded"])}
@@ -632,6 +636,7 @@ def _attempt_view(row: Any, why: Any = None) -> dict[str, Any]:
         "cost_usd": row["cost_usd"],
         "error": None if row["error_code"] is None else {"code": row["error_code"], "message": row["error_message"]},
         **({"cache": json.loads(row["cache"])} if row["cache"] else {}),
+        **({"detail": row["detail"]} if operator and row["detail"] else {}),
     }
 
 

@@ -2,7 +2,8 @@
 
 Models come from the catalog this process loaded. Traces and the ledger are
 read from audit over NATS request/reply (any audit replica answers); audit
-filters by tenant, and a viewer key reads its own team only.
+filters by tenant, and a viewer key reads its own team only. Each attempt's
+``detail`` (the scrubbed upstream error) is for an operator key only.
 """
 
 from __future__ import annotations
@@ -52,10 +53,17 @@ class Reads:
         principal = principal_of(self.keyring, request)
         if not SAFE_REQUEST_ID.match(request_id):
             raise NotFound(f"No request found with id '{request_id}'.", param="request_id")
-        body = await self._rpc(RPC_AUDIT_TRACE, {"request_id": request_id, "tenant": principal.tenant})
-        if body.get("trace") is None or (principal.role == "viewer" and body["trace"].get("team") != principal.team):
+        query: dict[str, Any] = {"request_id": request_id, "tenant": principal.tenant}
+        if principal.operator:  # asked for only then: attempts' operator-only detail
+            query["operator"] = True
+        body = await self._rpc(RPC_AUDIT_TRACE, query)
+        trace = body.get("trace")
+        if trace is None or (principal.role == "viewer" and trace.get("team") != principal.team):
             raise NotFound(f"No request found with id '{request_id}'.", param="request_id")
-        return json_response(body["trace"])
+        if not principal.operator:  # whatever audit answered, a tenant's key never sees the detail
+            for attempt in trace.get("attempts") or ():
+                attempt.pop("detail", None)
+        return json_response(trace)
 
     async def ledger(self, request: Request) -> Response:
         principal = principal_of(self.keyring, request)

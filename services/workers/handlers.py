@@ -48,6 +48,7 @@ from shared.scrub import scrub
 from shared.telemetry import Metrics
 
 from services.workers.adapters import ProviderAdapter
+from services.workers.adapters.base import DETAIL_LIMIT
 from services.workers.streaming import StreamAssembler, replay_chunks
 
 
@@ -202,7 +203,7 @@ async def complete_attempt(event: AttemptDispatched, deps: WorkerDeps, timeout: 
         info = exc.info()
         count_attempt(m, target, info.outcome)
         m.operation_duration.labels("chat", target.provider, target.model, info.code).observe(latency_ms / 1000)
-        return _failed(event, info, latency_ms)
+        return _failed(event, info, latency_ms, detail=exc.detail)
     finally:
         m.in_flight.labels(target.provider).dec()
     return _succeeded(event, deps, response, (time.perf_counter() - started) * 1000, "chat")
@@ -234,7 +235,7 @@ async def embed_attempt(event: AttemptDispatched, deps: WorkerDeps, timeout: flo
             raise UpstreamTimeout(f"{target.provider} did not answer within {timeout:.1f}s") from None
     except SwitchyardError as exc:
         count_attempt(m, target, exc.info().outcome)
-        return _failed(event, exc.info(), (time.perf_counter() - started) * 1000)
+        return _failed(event, exc.info(), (time.perf_counter() - started) * 1000, detail=exc.detail)
     latency_ms = (time.perf_counter() - started) * 1000
     response = ChatResponse(model=result.model or target.upstream_model, choices=[], usage=result.usage)
     return _succeeded(event, deps, response, latency_ms, "embeddings", embeddings=result.data)
@@ -284,13 +285,14 @@ def bill(m: Metrics, event: AttemptDispatched, usage: Usage, cost: float) -> Non
 
 
 def _failed(event: AttemptDispatched, info: ErrorInfo, latency_ms: float, usage: Usage | None = None,
-            cost: float = 0.0) -> AttemptFailed:
+            cost: float = 0.0, detail: str | None = None) -> AttemptFailed:
     # The last door out of the worker: whatever an adapter put in the message (a provider's words, an
     # exception's repr) is scrubbed of credentials and internal addresses before the bus, traces and clients.
+    # The operator-only detail was scrubbed where it was made; scrubbing is idempotent, so this only guards.
     info = msgspec.structs.replace(info, message=scrub(info.message, limit=1000))
     return AttemptFailed(event_id=f"{event.request_id}.attempt.{event.attempt}.failed", request_id=event.request_id,
                          ctx=event.ctx, dispatch=event, error=info, latency_ms=latency_ms, usage=usage,
-                         cost_usd=cost)
+                         cost_usd=cost, detail=scrub(detail, limit=DETAIL_LIMIT) if detail else None)
 
 
 async def stream_attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps, timeout: float) -> Event:
@@ -304,6 +306,7 @@ async def stream_attempt(event: AttemptDispatched, delivery: Delivery, deps: Wor
     cache = _cache_status(event)
     sent = 0
     ttft_ms: float | None = None
+    detail: str | None = None  # the operator-only account of a failure, when the adapter gave one
     started = time.perf_counter()
 
     async def pump() -> None:
@@ -337,7 +340,7 @@ async def stream_attempt(event: AttemptDispatched, delivery: Delivery, deps: Wor
                 if exc is None:
                     error = None
                 elif isinstance(exc, SwitchyardError):
-                    error = exc.info()
+                    error, detail = exc.info(), exc.detail
                 else:
                     error = UpstreamBadResponse(f"{target.provider} adapter failed: {exc!r}").info()
     finally:
@@ -346,12 +349,12 @@ async def stream_attempt(event: AttemptDispatched, delivery: Delivery, deps: Wor
     if error is not None:
         count_attempt(m, target, error.outcome)
         if sent == 0 and error.outcome != "cancelled":
-            return _failed(event, error, latency_ms)  # nothing reached the client: fallback is still fine
+            return _failed(event, error, latency_ms, detail=detail)  # nothing reached the client: fallback is fine
         if error.outcome != "cancelled":
             error = msgspec.structs.replace(error, outcome="stream_broken",
                                             message=f"the stream broke after {sent} chunks: {error.message}")
         usage = assembler.usage_so_far()
         cost = cost_usd(model, usage)
         bill(m, event, usage, cost)
-        return _failed(event, error, latency_ms, usage, cost)
+        return _failed(event, error, latency_ms, usage, cost, detail=detail)
     return _succeeded(event, deps, assembler.response(), latency_ms, None, ttft_ms=ttft_ms, chunks=sent)

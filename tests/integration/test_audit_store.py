@@ -12,6 +12,7 @@ import random
 import socket
 import uuid
 
+import msgspec
 import pytest
 from sqlalchemy import inspect, select
 
@@ -404,24 +405,51 @@ async def test_open_is_repeatable(store: AuditStore, tmp_path) -> None:
         await again.close()
 
 
-async def test_a_database_from_an_earlier_version_gains_new_columns(store: AuditStore) -> None:
-    """Columns added since a table was created (here: ttft_ms) are added when the store opens."""
+@pytest.mark.parametrize("column", ["ttft_ms", "detail"])
+async def test_a_database_from_an_earlier_version_gains_new_columns(store: AuditStore, column: str) -> None:
+    """Columns added since a table was created (here: ttft_ms, detail) are added when the store opens."""
     attempts = store.schema.attempts.name
     async with store.engine.begin() as conn:
-        await conn.exec_driver_sql(f"ALTER TABLE {attempts} DROP COLUMN ttft_ms")
+        await conn.exec_driver_sql(f"ALTER TABLE {attempts} DROP COLUMN {column}")
     url = store.engine.url.render_as_string(hide_password=False)
     reopened = await AuditStore.open(url, prefix=attempts[: -len("attempts")])
     try:
         async with reopened.engine.connect() as conn:
             cols = await conn.run_sync(lambda c: {x["name"] for x in inspect(c).get_columns(attempts)})
-        assert "ttft_ms" in cols
+        assert column in cols
         story = Story("r-migrated")
         await apply(reopened, [story.requested(), story.admitted(), story.dispatched(1, OPENAI, 0.1),
                                story.succeeded(1, OPENAI, 0.9, cost=0.001)])
         trace = await reopened.trace("r-migrated", "acme")
         assert trace is not None and trace["attempts"][0]["outcome"] == "success"
+        await apply(reopened, failed_with_detail(Story("r-failed")))
+        assert (await reopened.trace("r-failed", "acme", operator=True))["attempts"][0]["detail"] == DETAIL
     finally:
         await reopened.close()
+
+
+DETAIL = "openai returned HTTP 500; body: {\"error\": {\"type\": \"server_error\"}}"
+
+
+def failed_with_detail(story: Story) -> list:
+    """A request whose one attempt failed with an operator-only detail."""
+    failure = msgspec.structs.replace(
+        story.attempt_failed(1, OPENAI, 0.5, error=UpstreamRateLimited().info()), detail=DETAIL)
+    return [story.requested(), story.admitted(), story.dispatched(1, OPENAI, 0.2), failure, story.failed(0.6)]
+
+
+async def test_an_attempts_detail_is_in_the_trace_for_an_operator_only(store: AuditStore) -> None:
+    await apply(store, failed_with_detail(Story("r-detail")))
+    tenant_view = await store.trace("r-detail", "acme")
+    assert [a["outcome"] for a in tenant_view["attempts"]] == ["rate_limited"]
+    assert "detail" not in tenant_view["attempts"][0]
+    operator_view = await store.trace("r-detail", "acme", operator=True)
+    assert operator_view["attempts"][0]["detail"] == DETAIL
+    # Everything else is the same for both readers; attempts without a detail carry no key at all.
+    operator_view["attempts"][0].pop("detail")
+    assert operator_view == tenant_view
+    await apply(store, Story("r-plain").simple())
+    assert all("detail" not in a for a in (await store.trace("r-plain", "acme", operator=True))["attempts"])
 
 
 # ---- the SQLite file's direct writer -------------------------------------------------------------

@@ -198,6 +198,15 @@ def test_a_resolved_attempt_outcome_is_never_replaced() -> None:
     assert row.outcome == "dispatched" and row.latency_ms is None
 
 
+def test_an_attempts_operator_detail_is_kept_on_its_row() -> None:
+    s = Story("r1")
+    failed = msgspec.structs.replace(s.attempt_failed(1, at=0.5), detail="openai returned HTTP 500; body: {}")
+    [row] = build_rows([s.dispatched(1), failed]).attempts
+    assert row.detail == "openai returned HTTP 500; body: {}" and row.error_code == "upstream_timeout"
+    [row] = build_rows([s.dispatched(1), s.attempt_failed(1, at=0.5)]).attempts
+    assert row.detail is None
+
+
 def test_interrupted_delivery_is_its_own_row() -> None:
     s = Story("r1")
     batch = build_rows([s.abandoned(1, delivery=1), s.abandoned(1, delivery=2, at=0.6), s.dispatched(1),

@@ -68,6 +68,10 @@ _CONTEXT = re.compile(
     re.IGNORECASE,
 )
 MAX_RETRY_AFTER_S = 120.0
+# The operator-only detail of a failed call: at most this long, from at most this much of the error body.
+DETAIL_LIMIT = 4000
+DETAIL_SCAN_BYTES = 64 * 1024
+_REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "apim-request-id")
 DEFAULT_EMBED_DIMENSIONS = 256
 # The synthetic tool that carries JSON mode on providers that only offer forced tool use.
 JSON_TOOL = "json_response"
@@ -163,6 +167,25 @@ def classify(provider: str, status: int, message: str, headers: Mapping[str, str
     if status >= 500:  # includes Anthropic's 529 overloaded
         return UpstreamUnavailable(text, retry_after=retry_after(headers))
     return UpstreamBadResponse(text)
+
+
+def upstream_detail(provider: str, status: int, body: bytes, headers: Mapping[str, str]) -> str:
+    """The operator-only account of a failed call: status, the provider's request id and its error body, scrubbed.
+
+    The body is scrubbed whole (up to ``DETAIL_SCAN_BYTES``) and cut after, so a cut never leaves half a
+    secret unmatched; anything near the scan limit lies far past the cut.
+    """
+    rid = next((headers[h] for h in _REQUEST_ID_HEADERS if headers.get(h)), None)
+    head = f"{provider} returned HTTP {status}" + (f" (upstream request id {rid})" if rid else "")
+    text = body[:DETAIL_SCAN_BYTES].decode(errors="replace")
+    return scrub(f"{head}; body: {text}", limit=DETAIL_LIMIT)
+
+
+def with_detail(error: UpstreamError, provider: str, status: int, body: bytes,
+                headers: Mapping[str, str]) -> UpstreamError:
+    """``error`` carrying ``upstream_detail`` for the operator; its client-facing message is unchanged."""
+    error.detail = upstream_detail(provider, status, body, headers)
+    return error
 
 
 def stream_error(provider: str, kind: str, message: str) -> UpstreamError:
@@ -462,7 +485,7 @@ class HttpAdapter:
         except TransportError as exc:
             raise self._unreachable(exc) from None
         if status >= 400:
-            raise self.map_error(status, body, headers)
+            raise with_detail(self.map_error(status, body, headers), self.spec.name, status, body, headers)
         return body
 
     def _unreadable(self, exc: BaseException) -> UpstreamBadResponse:
@@ -495,7 +518,9 @@ class HttpAdapter:
                         self.client.stream(up.method, up.url, headers=up.headers, content=up.body,
                                            params=up.params, connect_timeout_s=self._connect_s(timeout_s)))
                     if resp.status_code >= 400:
-                        raise self.map_error(resp.status_code, await resp.aread(), resp.headers)
+                        body = await resp.aread()
+                        raise with_detail(self.map_error(resp.status_code, body, resp.headers), self.spec.name,
+                                          resp.status_code, body, resp.headers)
             except (TransportTimeout, TimeoutError) as exc:
                 raise self._timed_out(timeout_s, exc) from None
             except TransportError as exc:

@@ -132,7 +132,7 @@ async def build(settings: Settings, targets: list[str], clock: Callable[[], floa
                     health=settings.router.health, retry_budget_window_s=settings.router.retry_budget_window_s,
                     metrics=telemetry.metrics)
     return Deps(settings=settings, telemetry=telemetry, bus=bus, catalog=catalog, keyring=keyring, targets=targets,
-                shape=shape, stores=stores)
+                stores=stores)
 
 
 async def run_targets(deps: Deps, stop: asyncio.Event) -> None:

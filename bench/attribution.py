@@ -39,7 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench import RESULTS_DIR, install
 from bench.install import log, machine_info
 from bench.load import run_wrk
-from bench.procs import Proc, cpu_ticks, quiesce, start_run, tree
+from bench.procs import CLOCK_TICKS, Proc, cpu_ticks, quiesce, start_run, tree
 from bench.stream import measure_ttft
 from bench.systems import Direct, RequestPathOnly, Switchyard, SwitchyardAll, SwitchyardDuo, System
 from bench.upstream import Upstream
@@ -162,7 +162,6 @@ def measure(a: Arrangement, rnd: int, wrk: str, duration_s: float, ttft_n: int, 
     each process of ``a`` spent on the wrk run."""
     quiesce(everything)
     pids = process_pids(a.system)
-    hz = os.sysconf("SC_CLK_TCK")
     if a.paused is not None:
         os.killpg(a.paused.pid, signal.SIGSTOP)
     try:
@@ -183,7 +182,7 @@ def measure(a: Arrangement, rnd: int, wrk: str, duration_s: float, ttft_n: int, 
             "errors": r.errors + t.errors, "failed": r.failed or t.unsupported,
             "ttft_p50_ms": t.ttft_p50_ms, "ttft_p99_ms": t.ttft_p99_ms, "ttft_mean_ms": t.ttft_mean_ms,
             "ttft_inside_mean_ms": inside,
-            "cpu_us_per_request": {p: round(n / hz * 1e6 / answered, 1) for p, n in used.items()}}
+            "cpu_us_per_request": {p: round(n / CLOCK_TICKS * 1e6 / answered, 1) for p, n in used.items()}}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -37,12 +37,14 @@ class BurstResult:
         return asdict(self)
 
 
-def _request_bytes(host: str, port: int, path: str, body: dict, key: str | None) -> bytes:
+def _request_bytes(host: str, port: int, path: str, body: dict, key: str | None,
+                   headers: dict[str, str] | None = None) -> bytes:
     data = json.dumps(body, separators=(",", ":")).encode()
     head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json",
             f"Content-Length: {len(data)}", "Connection: close"]
     if key:
         head.append(f"Authorization: Bearer {key}")
+    head.extend(f"{k}: {v}" for k, v in (headers or {}).items())
     return ("\r\n".join(head) + "\r\n\r\n").encode() + data
 
 
@@ -75,10 +77,11 @@ async def _one(host: str, port: int, req: bytes, samples: list[str]) -> tuple[fl
     return took, None
 
 
-async def _burst(url: str, body: dict, key: str | None, n: int, timeout_s: float) -> BurstResult:
+async def _burst(url: str, body: dict, key: str | None, n: int, timeout_s: float,
+                 headers: dict[str, str] | None = None) -> BurstResult:
     u = urlsplit(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
-    req = _request_bytes(host, port, u.path, body, key)
+    req = _request_bytes(host, port, u.path, body, key, headers)
     res = BurstResult(concurrency=n)
     tasks = [asyncio.ensure_future(_one(host, port, req, res.error_samples)) for _ in range(n)]
     done, pending = await asyncio.wait(tasks, timeout=timeout_s)
@@ -105,10 +108,11 @@ async def _burst(url: str, body: dict, key: str | None, n: int, timeout_s: float
     return res
 
 
-def run_burst(url: str, body: dict, key: str | None, n: int, timeout_s: float) -> BurstResult:
+def run_burst(url: str, body: dict, key: str | None, n: int, timeout_s: float,
+              headers: dict[str, str] | None = None) -> BurstResult:
     try:
         import uvloop
 
-        return uvloop.run(_burst(url, body, key, n, timeout_s))
+        return uvloop.run(_burst(url, body, key, n, timeout_s, headers))
     except ImportError:
-        return asyncio.run(_burst(url, body, key, n, timeout_s))
+        return asyncio.run(_burst(url, body, key, n, timeout_s, headers))

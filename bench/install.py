@@ -1,4 +1,4 @@
-"""Installs what the benchmark needs when it is missing: nginx-extras and wrk (apt), LiteLLM (own venv).
+"""Installs what the benchmark needs when it is missing: nginx-extras and wrk (apt), LiteLLM (own venv), Portkey (npm).
 
 Everything is non-interactive and idempotent: a tool already on ``PATH`` (or
 a LiteLLM virtualenv that already imports) is left alone. A failed install is
@@ -8,6 +8,7 @@ still measure.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -18,6 +19,9 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 LITELLM_VENV = BENCH_DIR / ".venv-litellm"
+PORTKEY_DIR = BENCH_DIR / ".portkey"  # npm prefix of the Portkey AI gateway
+PORTKEY_PACKAGE = "@portkey-ai/gateway@1.15"
+NPM_TIMEOUT_S = 900
 APT_TIMEOUT_S = 900
 PIP_TIMEOUT_S = 1500
 
@@ -30,6 +34,8 @@ class Tools:
     wrk: str | None = None
     litellm: str | None = None  # path of the ``litellm`` console script in its own venv
     litellm_python: str | None = None
+    node: str | None = None
+    portkey: str | None = None  # the gateway's build/start-server.js under bench/.portkey
     problems: dict[str, str] = field(default_factory=dict)
 
 
@@ -164,22 +170,62 @@ def ensure_litellm(tools: Tools) -> None:
     tools.litellm_python = str(python)
 
 
-def ensure_all(need_litellm: bool = True) -> Tools:
+def _portkey_script() -> Path:
+    return PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+
+
+def ensure_portkey(tools: Tools) -> None:
+    """``npm install @portkey-ai/gateway`` into bench/.portkey (Node from the machine; the package is pinned)."""
+    node = shutil.which("node")
+    if node is None:
+        tools.problems["portkey"] = "node not found (the Portkey gateway runs on Node.js)"
+        return
+    script = _portkey_script()
+    if not script.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            tools.problems["portkey"] = "npm not found"
+            return
+        PORTKEY_DIR.mkdir(parents=True, exist_ok=True)
+        ok, out = _run([npm, "install", "--silent", "--no-audit", "--no-fund", "--no-save", "--no-package-lock",
+                        "--prefix", str(PORTKEY_DIR), PORTKEY_PACKAGE], NPM_TIMEOUT_S)
+        if not ok or not script.exists():
+            tools.problems["portkey"] = f"npm install {PORTKEY_PACKAGE} failed: {out.splitlines()[-1] if out else '?'}"
+            log(f"{tools.problems['portkey']}\n{out}")
+            return
+    tools.node, tools.portkey = node, str(script)
+
+
+def version_of_portkey() -> str | None:
+    try:
+        meta = json.loads((_portkey_script().parent.parent / "package.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("version")
+
+
+def ensure_all(need_litellm: bool = True, need_portkey: bool = True) -> Tools:
     """Install what is missing; never raises for a failed install."""
     tools = Tools()
     ensure_apt(tools)
     if need_litellm:
         ensure_litellm(tools)
+    if need_portkey:
+        ensure_portkey(tools)
     for what, why in tools.problems.items():
         log(f"unavailable: {what}: {why}")
     return tools
 
 
-def tools(skip_install: bool, need_litellm: bool = True) -> Tools:
+def tools(skip_install: bool, need_litellm: bool = True, need_portkey: bool = True) -> Tools:
     """What the run can use: installed where missing, or (``skip_install``) only what is already here."""
     if not skip_install:
-        return ensure_all(need_litellm=need_litellm)
+        return ensure_all(need_litellm=need_litellm, need_portkey=need_portkey)
     found = Tools(nginx=_nginx_binary(), wrk=shutil.which("wrk"))
+    if _portkey_script().exists() and shutil.which("node"):
+        found.node, found.portkey = shutil.which("node"), str(_portkey_script())
+    elif need_portkey:
+        found.problems["portkey"] = "not installed (--skip-install)"
     script = LITELLM_VENV / "bin" / "litellm"
     if script.exists():
         found.litellm, found.litellm_python = str(script), str(LITELLM_VENV / "bin" / "python")
@@ -239,6 +285,8 @@ def machine_info(tools: Tools) -> dict:
         "os": _cmd_version(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
         "python": platform.python_version(), "nats_server": nats,
         "litellm": version_of_litellm(tools.litellm_python),
+        "portkey_gateway": version_of_portkey() if tools.portkey else None,
+        "node": _cmd_version([tools.node, "--version"]) if tools.node else None,
         "nginx": _cmd_version([tools.nginx, "-v"]) if tools.nginx else None,
         "wrk": _cmd_version([tools.wrk, "-v"]) if tools.wrk else None,
         "switchyard_commit": (commit or "?") + ("+dirty" if dirty else ""),

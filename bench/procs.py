@@ -18,6 +18,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc/<pid>/stat times are in these
 from typing import IO
 
 
@@ -253,13 +255,12 @@ def quiesce(roots: list[int], timeout_s: float = 60.0, idle_share: float = 0.05,
     A system still draining what the last step left (audit batches, queued jobs) would otherwise tax the next
     measurement. Returns the seconds waited (``timeout_s`` when it never went quiet).
     """
-    hz = os.sysconf("SC_CLK_TCK")
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
         pids = tree(roots)
         before = cpu_ticks(pids)
         time.sleep(window_s)
-        if (cpu_ticks(pids) - before) / hz / window_s < idle_share:
+        if (cpu_ticks(pids) - before) / CLOCK_TICKS / window_s < idle_share:
             break
     return round(time.monotonic() - start, 2)
 

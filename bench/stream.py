@@ -78,9 +78,9 @@ def _one(client: httpx.Client, url: str, body: dict, headers: dict) -> tuple[flo
 
 
 def measure_ttft(url: str, body: dict, key: str | None, n: int, warmup: int = 3,
-                 timeout_s: float = 15.0) -> TtftResult:
+                 timeout_s: float = 15.0, headers: dict[str, str] | None = None) -> TtftResult:
     res = TtftResult()
-    headers = {"authorization": f"Bearer {key}"} if key else {}
+    headers = {**({"authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
     ttfts: list[float] = []
     totals: list[float] = []
     with httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=1)) as client:

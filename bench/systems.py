@@ -14,6 +14,11 @@
               starts
 ``litellm-1`` LiteLLM proxy, 1 worker, no database, same master key
 ``litellm-2`` LiteLLM proxy, 2 workers
+``portkey``   Portkey AI gateway (npm ``@portkey-ai/gateway``, Node, one
+              process, ``--headless``): the upstream is named per request
+              with ``x-portkey-provider: openai`` and
+              ``x-portkey-custom-host``; it keeps nothing durable and checks
+              no policy
 ============  ==============================================================
 
 Each system maps the upstream modes (``fast``, ``d50``, ``d1000``,
@@ -87,6 +92,10 @@ class System:
     def body(self, mode: str, stream: bool = False) -> dict:
         return chat_body(mode, stream)
 
+    def headers(self, mode: str) -> dict[str, str]:
+        """Headers besides the bearer key that every request for ``mode`` carries (none but for Portkey)."""
+        return {}
+
     @property
     def key(self) -> str | None:
         return KEY
@@ -99,7 +108,7 @@ class System:
     def ready(self) -> bool:
         """A real completion through the system succeeds."""
         r = httpx.post(self.chat_url("fast"), json=self.body("fast"), timeout=10,
-                       headers={"authorization": f"Bearer {KEY}"})
+                       headers={"authorization": f"Bearer {KEY}", **self.headers("fast")})
         return r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -325,4 +334,31 @@ class LiteLLM(System):
         })
         cmd = [self.litellm, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(self.port),
                "--num_workers", str(self.workers)]
+        self.children.append(self.procs.start(self.name, cmd, env=env, cwd=str(self.workdir)))
+
+
+class Portkey(System):
+    """``node start-server.js --headless --port=P`` from bench/.portkey, pointed at the upstream per request.
+
+    The request names the provider format and the upstream's base URL in headers (as a Portkey user with a
+    self-hosted OpenAI-compatible server does); the bearer key is passed through to the upstream, which
+    ignores it. The model in the body is forwarded as is.
+    """
+
+    name = "portkey"
+
+    def __init__(self, *args, node: str, script: str, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.node = node
+        self.script = script
+
+    def headers(self, mode: str) -> dict[str, str]:
+        return {"x-portkey-provider": "openai", "x-portkey-custom-host": self.upstream.base_url(mode)}
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+        env.update({"NODE_ENV": "production"})
+        cmd = [self.node, self.script, "--headless", f"--port={self.port}"]
         self.children.append(self.procs.start(self.name, cmd, env=env, cwd=str(self.workdir)))

@@ -62,3 +62,33 @@ def test_wrk_sends_the_cache_header():
 
     script = lua_script("/v1/chat/completions", {"model": "m"}, "sk-1", headers={"x-switchyard-cache": "use"})
     assert 'wrk.headers["x-switchyard-cache"] = "use"' in script
+
+
+def test_every_cell_is_compared_with_both_peers_and_the_targets_with_portkey():
+    from bench.report import render_table, targets
+
+    direct = {"sweep": {"1": point(10_000, 0.5), "64": point(30_000, 4.0)}}
+    litellm = {"sweep": {"1": point(50, 30.0), "64": point(60, 900.0)}}
+    portkey = {"sweep": {"1": {**point(800, 7.0), "p50_ms": 2.0}, "64": point(790, 985.0)}}
+    sy = {"sweep": {"1": {**point(900, 4.0), "p50_ms": 2.8},
+                    "64": {**point(1000, 90.0), "cpu_ms_per_request": 1.2}}}
+    results = {"systems": {"direct": direct, "sy-all": sy, "portkey": portkey, "litellm-1": litellm}}
+    table = render_table(results)
+    line = next(ln for ln in table.splitlines() if ln.startswith("c=64: requests/s"))
+    assert "(16.67x L, 1.27x P)" in line  # sy-all: 1000 / 60 and 1000 / 790
+    t = targets(results)["sy-all"]
+    assert t["throughput"]["pass"] is True  # 1000 >= 12 x 60 and >= Portkey's 790
+    assert t["p99 at c=64"]["pass"] is True  # 90 < 985
+    assert t["CPU per request"]["pass"] is True
+    # added p50: 1.8 ms is under 2 ms but above 1.5 x Portkey's 1.0 ms
+    assert t["added latency"]["pass"] is False and "1.5x portkey" in t["added latency"]["text"]
+
+
+def test_the_burst_and_the_load_carry_a_systems_own_headers():
+    from bench.burst import _request_bytes
+    from bench.load import lua_script
+
+    head = {"x-portkey-provider": "openai", "x-portkey-custom-host": "http://127.0.0.1:9/fast/v1"}
+    raw = _request_bytes("127.0.0.1", 1, "/v1/chat/completions", {"model": "m"}, "sk-1", head).decode()
+    assert "x-portkey-custom-host: http://127.0.0.1:9/fast/v1\r\n" in raw and raw.index("\r\n\r\n") > raw.index("x-portkey")
+    assert 'wrk.headers["x-portkey-provider"] = "openai"' in lua_script("/v1/chat/completions", {}, "k", headers=head)

@@ -45,7 +45,10 @@ test: $(STAMP) tools-deploy tools-observe tools-browser ## run the whole test su
 test-fast: $(STAMP) ## the suite without the process-killing fault tests
 	$(PY) -m pytest -q -m "not fault" $(PYTEST_ARGS)
 
-bench: $(STAMP) ## benchmark against the bare upstream and LiteLLM; prints a table, writes bench/results/
+chaos: $(STAMP) ## kill every service kind and nats-server under mixed traffic (≤ 15 min); one table, non-zero on a broken invariant
+	$(PY) -m tools.chaos $(CHAOS_ARGS)
+
+bench: $(STAMP) ## benchmark against the bare upstream, the Portkey gateway and LiteLLM; prints a table, writes bench/results/
 	$(PY) -m bench
 
 bench-audit: $(STAMP) ## what audit costs the request path at concurrency 1 (paired runs, ~7 min)

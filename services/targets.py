@@ -61,7 +61,8 @@ class Target:
 
 # In start order: ``all`` starts them in this order and stops them in reverse.
 TARGETS: tuple[Target, ...] = (
-    Target("audit", "services.audit.service", "every event into traces, the cost ledger and job records",
+    Target("audit", "services.audit.service", "every event into traces, the cost ledger, job records and the audit "
+           "trail; the audit export when configured",
            needs=("bus", "catalog", "audit-store", "jobs")),
     Target("policy", "services.policy.service", "admission (keys, budgets, rate limits, PII, risk) and settlement",
            needs=("bus", "catalog", "keys", "teams", "budgets", "rates", "admissions"), request_path=True,

@@ -13,9 +13,14 @@ its id (and its ledger rows their attribution) across restarts.
 Every process that authenticates keeps a local index (hash → record) fresh
 with a KV watch: ``authenticate`` stays synchronous and a revocation reaches
 every replica as fast as NATS delivers the watch update (milliseconds; the
-contract is one second). Policy's ``fetch`` reads that index while the watch
-is live and goes to KV while it is not (a restarting watch), where an
-unreachable KV denies rather than admits.
+contract is one second). The index is *current* only while its watch is live
+on the connection it was loaded on: a lost connection (nats-server restarted)
+ends that at once, and the watch starts again as soon as the connection is
+back (``Bus.on_reconnect``). While it is not current, policy's ``fetch`` and
+the gateway (``refresh`` before ``authenticate``, ``services.gateway.web.
+CurrentKeys``) read the key from KV, where an unreachable KV denies (503)
+rather than admits: a revocation holds within a second even right after a
+restart.
 
 Keys given in configuration (``SWITCHYARD_ADMIN_KEY``, ``SWITCHYARD_API_KEYS``)
 are seeded into the bucket at start: created when missing, their attributes
@@ -41,6 +46,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Iterable, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from shared.errors import ServiceUnavailable
 from shared.ids import SAFE_KEY_ID, check_name
 from shared.state.buckets import KEYS
 from shared.state.kv import Codec, cas, create, read
@@ -217,6 +223,14 @@ class KeyRing:
         """The record as stored now (the in-memory ring has nothing fresher than its index)."""
         return self._by_id.get(key_id)
 
+    @property
+    def current(self) -> bool:
+        """The index is known to hold every key as stored now (an in-memory ring always does)."""
+        return True
+
+    async def refresh(self, key: str | None) -> None:
+        """Bring the index's entry for ``key`` up to date before ``authenticate`` (a no-op while current)."""
+
     def list(self, tenant: str, team: str | None = None) -> list[KeyRecord]:
         return sorted((r for r in self._by_id.values() if r.tenant == tenant and (team is None or r.team == team)),
                       key=lambda r: (r.created_at, r.id))
@@ -240,14 +254,19 @@ class KeyStore(KeyRing):
         self._kv: KeyValue | None = None
         self._synced = asyncio.Event()
         self._live = False  # the watch is following the bucket right now
+        self._bus: Bus | None = None
+        self._epoch = -1  # the bus's connection epoch the live watch was loaded on
+        self._resume = asyncio.Event()  # the connection is back: start the watch again now
         self.started = False
 
     async def start(self, bus: "Bus", timeout: float = 10.0, *, seed: bool = True) -> None:
         """Open the bucket, seed the configured keys (``seed``: a process whose role writes keys), load every key
         and keep watching."""
         self._kv = await bus.kv(KEYS)
+        self._bus = bus
         for entry in self._seed if seed else ():
             await self._seed_one(entry)
+        bus.on_reconnect(self._resume.set)
         bus.start(self._watch())
         await asyncio.wait_for(self._synced.wait(), timeout)
         self.started = True
@@ -271,24 +290,28 @@ class KeyStore(KeyRing):
         while True:
             watcher = None
             try:
+                self._resume.clear()
+                epoch = self._bus.epoch  # a connection lost from here on makes this load not current
                 watcher = await self._kv.watchall()
                 fresh: dict[str, KeyRecord] | None = {}
                 loop = asyncio.get_running_loop()
                 renew_at = loop.time() + self.RESYNC_S
                 me = asyncio.current_task()
-                while loop.time() < renew_at:
+                while loop.time() < renew_at and not self._resume.is_set():
                     if me.cancelling():
                         # nats-py's ``updates`` uses asyncio.wait_for, which (Python 3.11) returns an update
                         # that arrived together with our cancellation instead of raising it: stop here.
                         raise asyncio.CancelledError
                     try:
-                        entry = await watcher.updates(timeout=max(0.1, renew_at - loop.time()))
+                        # Short waits: a reconnection (``_resume``) starts a fresh watch within this long.
+                        entry = await watcher.updates(timeout=min(0.2, max(0.05, renew_at - loop.time())))
                     except Exception:  # noqa: BLE001 - nats TimeoutError: nothing changed; maybe renew
                         continue
                     if entry is None:  # the initial values are all in
                         if fresh is not None:
                             self._by_id, self._by_hash = fresh, {r.hash: r for r in fresh.values()}
                             fresh = None
+                            self._epoch = epoch
                             self._live = True
                             self._synced.set()
                         continue
@@ -301,7 +324,7 @@ class KeyStore(KeyRing):
             except Exception as exc:  # noqa: BLE001 - watch again after a pause
                 self._live = False  # until the next full load, reads go to KV
                 log.warning("key watch failed, restarting: %r", exc)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.2)
             finally:
                 if watcher is not None:
                     try:
@@ -332,14 +355,37 @@ class KeyStore(KeyRing):
 
     # ---- reads straight from KV ------------------------------------------------------------
 
+    @property
+    def current(self) -> bool:
+        """The watched index holds every key as stored now: its watch is live, on the connection it loaded on."""
+        bus = self._bus
+        return self._live and bus is not None and bus.epoch == self._epoch and bus.connected
+
     async def fetch(self, key_id: str) -> KeyRecord | None:
-        """The record as stored now: from the watched index while the watch is live (it follows every change
+        """The record as stored now: from the watched index while it is current (it follows every change
         within milliseconds), else straight from KV; raises ServiceUnavailable when KV cannot answer."""
         if not SAFE_KEY_ID.match(key_id or ""):
             return None
-        if self._live:
+        if self.current:
             return self._by_id.get(key_id)
         return await read(self._kv, key_id, _CODEC, "key store")
+
+    async def refresh(self, key: str | None) -> None:
+        """While the index is not current, bring ``key``'s entry in it up to date from KV, so the synchronous
+        ``authenticate`` that follows decides on the stored record; ServiceUnavailable (503, fail closed) when
+        KV cannot answer."""
+        if self.current or not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+            return
+        if self._bus is not None and not self._bus.connected:  # no KV to ask: refuse now, not after a timeout
+            raise ServiceUnavailable("Not accepted: the event bus is unavailable, so the API key cannot be checked; "
+                                     "the request will never run. Retrying is safe.", code="not_accepted",
+                                     retry_after=1)
+        key_id = self.hash(key)[:16]
+        record = await read(self._kv, key_id, _CODEC, "key store")
+        if record is None:
+            self._forget(key_id)
+        else:
+            self._index(record)
 
     # ---- writes (admin API) ----------------------------------------------------------------
 

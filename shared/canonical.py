@@ -117,6 +117,7 @@ class Choice(Struct, kw_only=True):
     index: int = 0
     message: Message
     finish_reason: FinishReason | None = None
+    logprobs: dict[str, Any] | None = None  # OpenAI's ``{"content": [{token, logprob, bytes, top_logprobs}]}``
 
 
 class ChatResponse(Struct, kw_only=True, omit_defaults=True):
@@ -144,6 +145,7 @@ class ChunkChoice(Struct, kw_only=True):
     index: int = 0
     delta: Delta = msgspec.field(default_factory=Delta)
     finish_reason: FinishReason | None = None
+    logprobs: dict[str, Any] | None = None  # the log probabilities of this increment's tokens, when asked for
 
 
 class StreamChunk(Struct, kw_only=True, omit_defaults=True):
@@ -253,7 +255,8 @@ class EmbeddingRequest(Struct, kw_only=True, omit_defaults=True):
     """An embeddings request (OpenAI's fields)."""
 
     model: Annotated[str, Meta(min_length=1, max_length=256)]
-    input: str | list[str | int | list[int]]  # text, texts, token ids, or lists of token ids
+    # text, texts, token ids, or lists of token ids; never empty
+    input: Annotated[str, Meta(min_length=1)] | Annotated[list[str | int | list[int]], Meta(min_length=1)]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: Annotated[int, Meta(ge=1, le=MAX_EMBEDDING_DIMENSIONS)] | None = None
     user: str | None = None

@@ -24,6 +24,7 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from shared.errors import NotFound
 from shared.events import Target
 from shared.ids import SAFE_NAME, check_catalog_id
 
@@ -347,6 +348,14 @@ class Catalog:
             names += list(AUTO_NAMES)
         names += [v for v in self.virtual if self.targets(v)]
         return names
+
+    def check_servable(self, name: str) -> ModelSpec:
+        """The model behind ``name``; the 404 (``model_not_found``) when no configured deployment can serve it."""
+        model = self.model_for(name)
+        if model is None or not self.targets(name):
+            raise NotFound(f"The model '{name}' does not exist or is not available on this gateway.",
+                           param="model", code="model_not_found")
+        return model
 
     def model_for(self, name: str) -> ModelSpec | None:
         """The model a name means (an alias means its first model; ``auto`` and virtual names a stand-in)."""

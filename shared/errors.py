@@ -20,6 +20,8 @@
     │   └── UpstreamBadResponse        unparseable / cut response
     ├── InternalError                  our own fault or an unavailable dependency
     │   ├── ServiceUnavailable         503 (a store or the bus could not be reached)
+    │   │   ├── NotAccepted            503 not_accepted: a new request never reached the bus; it never runs
+    │   │   └── OutcomeUnknown         503 outcome_unknown: sent, unacknowledged; its fate is queryable by id
     │   └── DeadlineExceeded           504 the request's deadline passed
     └── Defer                          not a failure: handle the message again after ``delay_s``
 
@@ -243,6 +245,39 @@ class ServiceUnavailable(InternalError):
     type = "service_unavailable"
     code = "service_unavailable"
     public = True
+
+
+class _RequestNotAcknowledged(ServiceUnavailable):
+    """A new request the bus did not acknowledge; the answer names its id (header and message)."""
+
+    def __init__(self, request_id: str, message: str) -> None:
+        super().__init__(message, retry_after=1)
+        self.request_id = request_id
+
+    def info(self) -> ErrorInfo:
+        info = super().info()
+        return msgspec.structs.replace(info, headers={**(info.headers or {}), "x-request-id": self.request_id})
+
+
+class NotAccepted(_RequestNotAcknowledged):
+    """The request never reached the bus: it was not accepted and will never run; retrying is safe."""
+
+    code = "not_accepted"
+
+    def __init__(self, request_id: str, why: str = "the event bus is unavailable") -> None:
+        super().__init__(request_id, f"Request {request_id} was not accepted ({why}) and will never run; "
+                                     f"retrying is safe.")
+
+
+class OutcomeUnknown(_RequestNotAcknowledged):
+    """The request was sent to the bus but not acknowledged: it may still run, and its fate can be queried."""
+
+    code = "outcome_unknown"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(request_id, f"Request {request_id} was sent but not acknowledged: it may still run. "
+                                     f"Its fate: GET /v1/requests/{request_id} (or the job's poll); retry with "
+                                     f"the same Idempotency-Key to run it at most once.")
 
 
 class DeadlineExceeded(InternalError):

@@ -18,20 +18,32 @@ as a constant or function that services and events use:
     sy.evt.cancel               CancelRequested            gateway → audit (jobs)
     sy.evt.done.<origin>        terminal events            → gateway <origin>, audit, policy (settle)
     sy.evt.budget.<what>        BudgetReserved/Settled/Released/Alert   policy → audit
+    sy.evt.admin.<action>       AdminAction (keys, teams, breakers)     gateway → audit
+
+Lanes: a request travels in the lane of its kind, ``interactive`` (synchronous and
+streamed requests) or ``batch`` (async jobs, ``ctx.job``). The interactive lane
+uses the subjects above; the batch lane the same subjects with ``.batch``
+appended (``sy.evt.requested.batch``, ``sy.evt.admitted.batch``,
+``sy.evt.attempt.<provider>.batch.<tenant>``, ``sy.evt.attempt_failed.batch``), each read
+by its own durable consumers (``policy-batch``, ``router-batch``,
+``worker-<provider>-batch``), so a backlog of jobs never stands in front of an
+interactive request (``lane_subject``; docs/architecture.md#lanes).
 
 Streaming chunks are not events: they go over core NATS on
 ``sy.chunk.<origin>.<request_id>`` (one wildcard subscription per gateway
-instance, not one per request) and are never stored; a client that disconnects
-is signalled back on ``sy.cancel.<request_id>`` (one wildcard subscription per
-worker process). The terminal event still goes through the stream, with the
+instance, not one per request) and are never stored; a client that disconnects,
+or a job that is cancelled, is signalled to the worker calling the provider for it
+on ``sy.cancel.<request_id>`` (one wildcard subscription per worker process). The terminal event still goes through the stream, with the
 number of chunks the gateway should have seen. The gateway reads traces and
 the ledger from audit by core-NATS request/reply on ``sy.rpc.audit.trace`` and
-``sy.rpc.audit.ledger``.
+``sy.rpc.audit.ledger`` (and the request list, statistics and audit trail on
+``sy.rpc.audit.requests``, ``.stats`` and ``.events``).
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any, ClassVar, Literal, Union
 
 import msgspec
@@ -60,11 +72,46 @@ BUDGET_RELEASED = "sy.evt.budget.released"
 BUDGET_ALERT = "sy.evt.budget.alert"
 RPC_AUDIT_TRACE = "sy.rpc.audit.trace"  # core-NATS request/reply, answered by audit (queue group)
 RPC_AUDIT_LEDGER = "sy.rpc.audit.ledger"
+RPC_AUDIT_REQUESTS = "sy.rpc.audit.requests"  # the request list (GET /v1/requests)
+RPC_AUDIT_STATS = "sy.rpc.audit.stats"  # statistics (GET /v1/stats)
+RPC_AUDIT_EVENTS = "sy.rpc.audit.events"  # the audit trail (GET /v1/audit/events)
+ADMIN_ACTIONS = "sy.evt.admin.*"  # what the gateway's admin and breaker endpoints publish
 
 
-def attempt_subject(provider: str) -> str:
-    """Subject of attempts for ``provider``'s workers."""
-    return f"sy.evt.attempt.{provider}"
+def admin_subject(action: str) -> str:
+    """Subject of one kind of administrative action (``sy.evt.admin.key_created``)."""
+    return f"sy.evt.admin.{action}"
+
+
+INTERACTIVE = "interactive"  # synchronous and streamed requests
+BATCH = "batch"  # async jobs
+LANES = (INTERACTIVE, BATCH)
+
+
+def lane_of(ctx: "RequestContext") -> str:
+    """The lane a request travels in: jobs in ``batch``, everything a client waits on in ``interactive``."""
+    return BATCH if ctx.job else INTERACTIVE
+
+
+def lane_subject(subject: str, lane: str) -> str:
+    """``subject`` in ``lane``: the interactive lane keeps the subject, the batch lane appends ``.batch``."""
+    return subject if lane == INTERACTIVE else f"{subject}.{lane}"
+
+
+def in_every_lane(subject: str) -> tuple[str, ...]:
+    """``subject`` in each lane (what a role that serves both lanes publishes or reads)."""
+    return tuple(lane_subject(subject, lane) for lane in LANES)
+
+
+def attempt_subject(provider: str, lane: str = INTERACTIVE, tenant: str | None = None) -> str:
+    """Subject of attempts for ``provider``'s workers, in ``lane``.
+
+    Batch attempts carry their tenant as a last token (``sy.evt.attempt.<provider>.batch.<tenant>``): the lane's
+    consumer reads them all (``tenant`` None gives that filter), and how many each tenant has queued is in the
+    stream's own per-subject counts, which is how a worker knows whether to drain the lane fairly.
+    """
+    base = lane_subject(f"sy.evt.attempt.{provider}", lane)
+    return base if lane == INTERACTIVE else f"{base}.{tenant or '>'}"
 
 
 def done_subject(origin: str) -> str:
@@ -78,7 +125,8 @@ def chunk_subject(origin: str, request_id: str) -> str:
 
 
 def cancel_subject(request_id: str) -> str:
-    """Core-NATS subject on which a gateway tells the streaming worker its client went away."""
+    """Core-NATS subject on which a gateway tells the worker calling the provider that its client went away (a
+    stream) or that the job was cancelled."""
     return f"sy.cancel.{request_id}"
 
 
@@ -242,7 +290,7 @@ class CompletionRequested(Event, frozen=True, kw_only=True, tag=True):
     embedding: EmbeddingRequest | None = None
 
     def subject(self) -> str:
-        return REQUESTED
+        return lane_subject(REQUESTED, lane_of(self.ctx))
 
 
 class AdmissionInfo(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -276,7 +324,7 @@ class RequestAdmitted(Event, frozen=True, kw_only=True, tag=True):
     routed_by: str | None = None
 
     def subject(self) -> str:
-        return ADMITTED_ROUTED if self.routed_by else ADMITTED
+        return ADMITTED_ROUTED if self.routed_by else lane_subject(ADMITTED, lane_of(self.ctx))
 
 
 class AttemptDispatched(Event, frozen=True, kw_only=True, tag=True):
@@ -297,7 +345,7 @@ class AttemptDispatched(Event, frozen=True, kw_only=True, tag=True):
     degraded: bool = False  # the attempt goes to the designated last-resort model
 
     def subject(self) -> str:
-        return attempt_subject(self.target.provider)
+        return attempt_subject(self.target.provider, lane_of(self.ctx), self.ctx.tenant)
 
 
 class AttemptFailed(Event, frozen=True, kw_only=True, tag=True):
@@ -311,9 +359,12 @@ class AttemptFailed(Event, frozen=True, kw_only=True, tag=True):
     # Operator-only, scrubbed: the upstream status and error body excerpt. Audit keeps it; only an operator's
     # trace read shows it, and it never reaches the client's error.
     detail: str | None = None
+    # The request had ended (a job cancelled while its provider call ran, or a terminal that got there first)
+    # when this attempt's outcome came: recorded and billed like any attempt, and nothing follows from it.
+    after_end: bool = False
 
     def subject(self) -> str:
-        return ATTEMPT_FAILED
+        return lane_subject(ATTEMPT_FAILED, lane_of(self.ctx))
 
 
 class AttemptAbandoned(Event, frozen=True, kw_only=True, tag=True):
@@ -457,6 +508,40 @@ class BudgetAlert(Event, frozen=True, kw_only=True, tag=True):
         return BUDGET_ALERT
 
 
+# ---- administrative actions: keys, teams and breakers changed through the API (the audit trail) ----------
+
+ADMIN_ORIGIN = "admin"
+ADMIN_ACTION_KINDS = frozenset({"key_created", "key_revoked", "key_rotated", "team_created", "team_changed",
+                                "breaker", "cache_purged"})
+
+
+class AdminAction(Event, frozen=True, kw_only=True, tag=True):
+    """An admin or operator changed a key, a team or a breaker: who, what, on what (metadata only, never a key).
+
+    Not a request: ``request_id`` is the action's own id, ``ctx`` names the tenant and team acted on and, as
+    ``key_id``, the acting key; audit records it in the audit trail only.
+    """
+
+    action: str  # one of ADMIN_ACTION_KINDS
+    subject_id: str  # the key id, team name or deployment acted on
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def subject(self) -> str:
+        return admin_subject(self.action)
+
+
+def admin_action(action: str, *, tenant: str, team: str, actor: str, subject_id: str,
+                 detail: dict[str, Any] | None = None, now: float | None = None) -> AdminAction:
+    """A new ``AdminAction`` with a fresh id (its publish retries are de-duplicated by that id)."""
+    if action not in ADMIN_ACTION_KINDS:
+        raise ValueError(f"unknown admin action {action!r}")
+    ts = time.time() if now is None else now
+    action_id = f"adm_{uuid.uuid4().hex}"
+    ctx = RequestContext(tenant=tenant, team=team, key_id=actor, origin=ADMIN_ORIGIN, deadline=ts, received_at=ts)
+    return AdminAction(event_id=action_id, request_id=action_id, ts=ts, ctx=ctx, action=action,
+                       subject_id=subject_id, detail=detail or {})
+
+
 class ChunkMessage(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One streamed increment on ``sy.chunk.<origin>.<request_id>`` (ephemeral; not an event)."""
 
@@ -466,6 +551,9 @@ class ChunkMessage(Struct, frozen=True, kw_only=True, omit_defaults=True):
     chunk: StreamChunk
     model: str = ""  # the catalog model serving the attempt
     cache: str = ""  # hit / miss / bypass when the response cache is in play (the gateway's response header)
+    # On the first chunk only: the response headers a streamed answer starts with (provider, rate limits,
+    # redactions: what the gateway's own event does not know; ``openai_format.response_headers``).
+    headers: dict[str, str] | None = None
 
 
 chunk_encoder = msgspec.json.Encoder()
@@ -488,6 +576,7 @@ AnyEvent = Union[
     BudgetSettled,
     BudgetReleased,
     BudgetAlert,
+    AdminAction,
 ]
 
 TerminalEvent = Union[CompletionSucceeded, CompletionFailed, RequestDenied, CompletionCancelled, CompletionExpired]

@@ -15,7 +15,8 @@ from typing import Any, Iterable
 from shared.events import AttemptDispatched, AttemptFailed, CompletionRequested, CompletionSucceeded, Event
 
 # The API a request came in through → the GenAI operation it is.
-OPERATIONS = {"chat.completions": "chat", "messages": "chat", "embeddings": "embeddings"}
+OPERATIONS = {"chat.completions": "chat", "messages": "chat", "responses": "chat", "completions": "text_completion",
+              "embeddings": "embeddings"}
 
 
 def operation(api: str) -> str:

@@ -95,13 +95,14 @@ class NatsServer:
 
     ``auth``: every client needs a user of ``shared.bus.permissions.users()`` (passwords in
     ``passwords.json``); ``encrypt``: the store is encrypted with ``store_key`` (generated in ``store.key``
-    when not given); ``tls``: (certificate, key) files the server presents, so clients connect over TLS.
+    when not given); ``tls``: (certificate, key) files the server presents, so clients connect over TLS;
+    ``sync``: JetStream's ``sync_interval`` (``"always"``: fsync every write before it is acknowledged).
     """
 
     def __init__(self, store_dir: str | Path, port: int | None = None, host: str = "127.0.0.1",
                  log_file: str | Path | None = None, *, auth: bool = True, encrypt: bool = True,
                  store_key: str | None = None, cipher: str = "chachapoly", stream: str = "SWITCHYARD",
-                 tls: tuple[str, str] | None = None) -> None:
+                 tls: tuple[str, str] | None = None, sync: str | None = None) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port or free_port(host)
@@ -111,6 +112,7 @@ class NatsServer:
         self.cipher = cipher
         self.stream = stream
         self.tls = tls
+        self.sync = sync
         self._store_key = store_key
         self.proc: subprocess.Popen | None = None
 
@@ -182,6 +184,8 @@ class NatsServer:
         store = f"store_dir: {json.dumps(str(self.store_dir))}"
         if self.encrypt:
             store += f", cipher: {self.cipher}, key: ${STORE_KEY_ENV}"
+        if self.sync:  # "always": fsync before every acknowledgement, so an acked message survives a power loss
+            store += f", sync_interval: {self.sync}"
         lines.append(f"jetstream {{ {store} }}")
         return "\n".join(lines) + "\n"
 

@@ -6,9 +6,17 @@ from typing import Any
 
 import msgspec
 
-from shared.canonical import Message, StreamChunk
-from shared.events import CandidateView, CompletionSucceeded
+from shared.canonical import Delta, Message, StreamChunk
+from shared.events import CandidateView, CompletionSucceeded, RequestContext
 from shared.pricing import cost_usd, savings_usd
+
+
+def response_headers(ctx: RequestContext, provider: str) -> dict[str, str]:
+    """The ``x-switchyard-*`` and ``x-ratelimit-*`` headers of an answer, streamed or not."""
+    headers = {"x-switchyard-provider": provider, **(ctx.rate_headers or {})}
+    if ctx.redactions:
+        headers["x-switchyard-redactions"] = ",".join(f"{k}={n}" for k, n in sorted(ctx.redactions.items()))
+    return headers
 
 
 def render_completion(event: CompletionSucceeded) -> dict[str, Any]:
@@ -20,7 +28,7 @@ def render_completion(event: CompletionSucceeded) -> dict[str, Any]:
         "created": int(event.ts),
         "model": event.target.model,
         "choices": [
-            {"index": c.index, "message": render_message(c.message), "logprobs": None,
+            {"index": c.index, "message": render_message(c.message), "logprobs": c.logprobs,
              "finish_reason": c.finish_reason}
             for c in response.choices
         ],
@@ -65,9 +73,18 @@ def render_chunk(request_id: str, created: int, model: str, chunk: StreamChunk) 
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": c.index, "delta": msgspec.to_builtins(c.delta), "logprobs": None,
+        "choices": [{"index": c.index, "delta": render_delta(c.delta), "logprobs": c.logprobs,
                      "finish_reason": c.finish_reason} for c in chunk.choices],
     }
+
+
+def render_delta(delta: Delta) -> dict[str, Any]:
+    """A stream increment as OpenAI sends it: a tool call's first delta (the one with its id) names its type."""
+    out = msgspec.to_builtins(delta)
+    for call in out.get("tool_calls") or ():
+        if "id" in call:
+            call.setdefault("type", "function")
+    return out
 
 
 def render_usage_chunk(event: CompletionSucceeded, created: int) -> dict[str, Any]:
@@ -174,6 +191,9 @@ def render_embeddings(event: CompletionSucceeded) -> dict[str, Any]:
 
 def model_list(names: list[str], owner_of: dict[str, str]) -> dict[str, Any]:
     """OpenAI's model list."""
-    return {"object": "list",
-            "data": [{"id": n, "object": "model", "created": 0, "owned_by": owner_of.get(n, "switchyard")}
-                     for n in names]}
+    return {"object": "list", "data": [model_object(n, owner_of.get(n, "switchyard")) for n in names]}
+
+
+def model_object(name: str, owner: str) -> dict[str, Any]:
+    """OpenAI's ``model`` object."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": owner}

@@ -6,12 +6,50 @@ Service-specific sections live in each service's ``settings.py``; the root
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 
-class NatsSettings(BaseModel):
+class Section(BaseModel):
+    """A settings section whose nested sections take what is given *over* their defaults.
+
+    A field may default to a section with values of its own (audit's consumer reads batches of 512, the
+    workers' gives up after 5 deliveries). pydantic validates a given value on its own, from the class
+    defaults: ``SWITCHYARD_AUDIT__CONSUMER__ACK_WAIT_S=5`` alone would reset audit's batch to 64. Here a
+    partial value (a dict, from the environment or a file) is merged over the field's default first, at every
+    level, so setting one variable changes that variable and nothing else.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged = None
+        for name, info in cls.model_fields.items():
+            key = name if name in data else info.alias if info.alias in data else None
+            if key is None or not isinstance(data[key], dict) or info.default_factory is None \
+                    or info.default_factory_takes_validated_data:
+                continue
+            default = info.default_factory()
+            if isinstance(default, BaseModel):
+                merged = merged if merged is not None else dict(data)
+                merged[key] = _merge(default.model_dump(exclude_unset=True), data[key])
+        return data if merged is None else merged
+
+
+def _merge(base: dict, given: dict) -> dict:
+    """``given`` over ``base``, dicts merged key by key (keys compared without case, as the environment's are)."""
+    out = dict(base)
+    lower = {k.lower(): k for k in base}
+    for k, v in given.items():
+        own = lower.get(k.lower(), k) if isinstance(k, str) else k
+        out[own] = _merge(out[own], v) if isinstance(v, dict) and isinstance(out.get(own), dict) else v
+    return out
+
+
+class NatsSettings(Section):
     """How to reach the bus and how the stream is laid out."""
 
     url: str = Field("nats://127.0.0.1:4222", description="a server, or a comma list of a cluster's servers "
@@ -42,6 +80,10 @@ class NatsSettings(BaseModel):
                                         "generated in its data directory (mode 600) when unset")
     store_cipher: Literal["chachapoly", "aes"] = Field("chachapoly", description="the embedded server's "
                                                        "JetStream cipher")
+    store_sync: str | None = Field(None, pattern=r"^(always|[0-9]+(ms|s|m|h))$", description="the embedded "
+                                   "server's JetStream fsync (nats-server sync_interval): 'always' writes every "
+                                   "message to disk before its PubAck (survives a power loss, costs latency: "
+                                   "docs/reliability.md); unset: the server's default (every 2 minutes)")
     # ---- accepted work is never evicted; payloads are kept only as long as they are needed ----
     max_msgs: int = Field(-1, description="stream message cap (-1: none); with max_bytes, a full stream refuses "
                           "new events (discard new) and never drops accepted ones")
@@ -54,6 +96,12 @@ class NatsSettings(BaseModel):
     sweep_s: float = Field(1.0, ge=0, description="how often audit removes the events every reader has "
                            "acknowledged from the stream (0: they stay until max_age_s)")
     job_ttl_s: float = Field(24 * 3600, gt=0, description="how long a job's record and result stay in KV")
+    idempotency_ttl_s: float = Field(24 * 3600, gt=0, description="how long an Idempotency-Key is remembered "
+                                     "(per tenant) and a retry with it returns the first call's answer")
+    conversation_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="how long a stored Responses API "
+                                      "response (its conversation, for previous_response_id) stays in KV")
+    file_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="how long an uploaded file, a batch and its "
+                              "output files stay in KV")
 
 
     @property
@@ -62,7 +110,7 @@ class NatsSettings(BaseModel):
         return [u.strip() for u in self.url.split(",") if u.strip()]
 
 
-class ConsumerSettings(BaseModel):
+class ConsumerSettings(Section):
     """How one service reads its durable consumer."""
 
     concurrency: int = Field(256, ge=1, description="messages handled at once by this process")
@@ -70,9 +118,11 @@ class ConsumerSettings(BaseModel):
     ack_wait_s: float = Field(30.0, gt=0, description="redelivery after this long without ack/progress")
     max_deliver: int = Field(10, ge=2, description="deliveries before a message is given up as poison")
     linger_s: float = Field(0.0, ge=0, description="batch consumers: wait this long to fill a batch")
+    max_ack_pending: int | None = Field(None, ge=1, description="messages the server lets this consumer hold "
+                                        "unacknowledged (deferred ones included); unset: 4 x concurrency")
 
 
-class TelemetrySettings(BaseModel):
+class TelemetrySettings(Section):
     """Tracing and metrics."""
 
     otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; spans are dropped when unset")

@@ -59,6 +59,15 @@ attempt)``): from each ``AttemptDispatched``, why that attempt was made
 state at decision time, a retry's ``not_before`` and ``degraded``; inserted
 once (every delivery of a dispatch carries the same values).
 
+Audit trail (key ``id``, the event id): the records of ``services.audit.trail``
+(admissions, denials, request ends, budget events, admin actions), inserted
+once. An ``AdminAction`` (a key, team or breaker change) is not a request and
+makes no other row. Request rows also carry what the request list and
+statistics read: ``api`` and ``pii`` (kinds and counts) from the start, and the
+served model, provider, latency, TTFT, ``degraded`` and routing savings
+(``shared.pricing.savings_usd`` against the decision's baseline, as the
+response reports it) from the terminal event.
+
 Jobs: for events of async jobs (``ctx.job``), ``job_updates`` gives one
 ``JobUpdate`` per job — a callable for ``advance_job`` that proposes the
 furthest state the batch shows (queued → in_progress → terminal) and never
@@ -79,6 +88,7 @@ from shared.errors import ErrorInfo
 from shared.events import (
     JOB_STATUS_OF_TERMINAL,
     AnyEvent,
+    AdminAction,
     AttemptAbandoned,
     AttemptDispatched,
     AttemptFailed,
@@ -95,7 +105,9 @@ from shared.events import (
     Target,
     Terminal,
 )
+from shared.pricing import savings_usd
 from shared.state.jobs import moves_forward
+from services.audit.trail import TrailRow, trail_rows
 
 STAGE = {"requested": 0, "admitted": 1, "in_progress": 2,
          "succeeded": 3, "failed": 3, "denied": 3, "cancelled": 3, "expired": 3}
@@ -128,6 +140,16 @@ class RequestRow(Struct, frozen=True, kw_only=True):
     completion_text: str | None = None  # only with store_text
     prompt_id: str | None = None  # the prompt template the request was rendered from (never its text)
     prompt_version: int | None = None
+    # For the request list and statistics (GET /v1/requests, /v1/stats): known once the request ended, except
+    # ``api`` (from the start) and ``pii`` (from admission).
+    api: str | None = None
+    served_model: str | None = None
+    provider: str | None = None
+    latency_ms: float | None = None  # received → terminal event
+    ttft_ms: float | None = None
+    degraded: bool | None = None  # answered by a fallback, a retry or the last resort
+    pii: str | None = None  # PII kind → count found at admission, as JSON (never the values)
+    savings_usd: float | None = None  # routing's saving against the most expensive eligible alternative
 
     @property
     def stage(self) -> int:
@@ -232,10 +254,11 @@ class AuditBatch(Struct, frozen=True, kw_only=True):
     budget: list[BudgetRow] = msgspec.field(default_factory=list)
     routing: list[RoutingRow] = msgspec.field(default_factory=list)
     attempt_routes: list[AttemptRouteRow] = msgspec.field(default_factory=list)
+    trail: list[TrailRow] = msgspec.field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.requests or self.attempts or self.ledger or self.admissions or self.budget
-                    or self.routing or self.attempt_routes)
+                    or self.routing or self.attempt_routes or self.trail)
 
 
 class JobUpdate(Struct, frozen=True, kw_only=True):
@@ -285,6 +308,8 @@ def build_rows(events: Iterable[AnyEvent], *, store_text: bool = False,
     attempt_routes: dict[tuple[str, int], AttemptRouteRow] = {}
 
     for event in ordered:
+        if isinstance(event, AdminAction):
+            continue  # not a request: the audit trail only
         if event.request_id not in routing:  # the first decision seen stands: encode no other
             routed = _routing_row(event)
             if routed is not None:
@@ -319,6 +344,7 @@ def build_rows(events: Iterable[AnyEvent], *, store_text: bool = False,
         budget=[budget[k] for k in sorted(budget)],
         routing=[routing[k] for k in sorted(routing)],
         attempt_routes=[attempt_routes[k] for k in sorted(attempt_routes)],
+        trail=trail_rows(ordered),
     )
 
 
@@ -353,15 +379,39 @@ def _request_row(event: AnyEvent, store_text: bool, trace_id: str | None) -> Req
         model=_requested_model(event), status=_status_of(event), created_at=ctx.received_at,
         job=ctx.job, trace_id=trace_id,
         prompt_id=ctx.prompt.id if ctx.prompt else None, prompt_version=ctx.prompt.version if ctx.prompt else None,
+        api=ctx.api, pii=_pii_of(event),
     )
+    if isinstance(event, Terminal):
+        row = msgspec.structs.replace(row, latency_ms=round((event.ts - ctx.received_at) * 1000, 3), degraded=False)
     if isinstance(event, CompletionFailed):
         e = event.error
         return msgspec.structs.replace(row, completed_at=event.ts, error_status=e.status, error_type=e.type,
                                        error_code=e.code, error_message=e.message)
     if isinstance(event, CompletionSucceeded):
         text = completion_text(event) if store_text or ctx.store_text else None
-        return msgspec.structs.replace(row, completed_at=event.ts, completion_text=text)
+        return msgspec.structs.replace(
+            row, completed_at=event.ts, completion_text=text, served_model=event.target.model,
+            provider=event.target.provider, ttft_ms=event.ttft_ms,
+            degraded=event.degraded or event.attempt > 1 or bool(event.history), savings_usd=_savings(event))
     return row
+
+
+def _pii_of(event: AnyEvent) -> str | None:
+    """PII kinds and counts policy found (admission), else what it redacted (carried by every later event)."""
+    info = event.admission if isinstance(event, (RequestAdmitted, RequestDenied)) else None
+    found = info.pii if info is not None and info.pii else event.ctx.redactions
+    return _details_encoder.encode(found).decode() if found else None
+
+
+def _savings(event: CompletionSucceeded) -> float:
+    """The response's routing saving: against the baseline's prices, for this usage (0 on a cache hit or when the
+    baseline is the model that answered), by ``shared.pricing``."""
+    d = event.decision
+    if d is None or d.baseline is None or d.baseline.model == event.target.model:
+        return 0.0
+    if event.cache is not None and event.cache.status == "hit":
+        return 0.0
+    return savings_usd(d.baseline, event.response.usage, event.cost_usd)
 
 
 def _merge_request(old: RequestRow | None, new: RequestRow) -> RequestRow:
@@ -376,6 +426,8 @@ def _merge_request(old: RequestRow | None, new: RequestRow) -> RequestRow:
         trace_id=old.trace_id or new.trace_id,
         prompt_id=old.prompt_id or new.prompt_id,
         prompt_version=old.prompt_version or new.prompt_version,
+        api=old.api or new.api,
+        pii=old.pii or new.pii,
     )
 
 

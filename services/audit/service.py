@@ -3,7 +3,10 @@
 Reads the whole stream (``sy.evt.>``) through its own durable consumer, folds
 each fetched batch into rows written in one transaction, advances job records
 in KV, and answers trace and ledger queries from the gateway over NATS
-request/reply (queue group ``audit``, so any replica answers).
+request/reply (queue group ``audit``, so any replica answers): traces, the
+ledger, the request list, statistics and the audit trail. When an export is
+configured it also runs the audit export (``services.audit.export``) on its
+own durable consumer.
 """
 
 from __future__ import annotations
@@ -17,7 +20,17 @@ from typing import Any
 import msgspec
 from opentelemetry.trace import SpanKind
 
+from services.audit.export import Exporter, remove_stale_consumer, sinks_of
 from services.audit.handlers import build_rows, job_updates, trace_id_from_headers
+from services.audit.queries import (
+    BadQuery,
+    EventsQuery,
+    RequestsQuery,
+    StatsQuery,
+    list_events,
+    list_requests,
+    stats,
+)
 from services.audit.settings import AuditSettings
 from services.audit.store import AuditStore
 from services.runtime import Deps
@@ -26,7 +39,10 @@ from shared.bus.retention import Sweeper
 from shared.collectors import every
 from shared.events import (
     ALL_EVENTS,
+    RPC_AUDIT_EVENTS,
     RPC_AUDIT_LEDGER,
+    RPC_AUDIT_REQUESTS,
+    RPC_AUDIT_STATS,
     RPC_AUDIT_TRACE,
     TERMINAL_JOB_STATUSES,
     AnyEvent,
@@ -111,6 +127,8 @@ async def run(deps: Deps, arg: str | None = None) -> None:
             body: dict[str, Any] = await fn(query)
         except msgspec.DecodeError as exc:
             body = {"error": f"bad query: {exc}"}
+        except BadQuery as exc:  # the caller's input: a 400 naming the parameter
+            body = {"invalid": {"message": str(exc), "param": exc.param}}
         except Exception as exc:  # noqa: BLE001 - the caller turns this into a 503
             log.exception("audit query failed")
             body = {"error": f"audit store unavailable: {type(exc).__name__}"}
@@ -122,8 +140,20 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     async def on_ledger(msg) -> None:
         await answer(msg, _LedgerQuery, lambda q: _ledger(store, q))
 
+    async def on_requests(msg) -> None:
+        await answer(msg, RequestsQuery, lambda q: list_requests(store, q))
+
+    async def on_stats(msg) -> None:
+        await answer(msg, StatsQuery, lambda q: stats(store, q))
+
+    async def on_events(msg) -> None:
+        await answer(msg, EventsQuery, lambda q: list_events(store, q))
+
     subs = [await nc.subscribe(RPC_AUDIT_TRACE, queue="audit", cb=on_trace),
-            await nc.subscribe(RPC_AUDIT_LEDGER, queue="audit", cb=on_ledger)]
+            await nc.subscribe(RPC_AUDIT_LEDGER, queue="audit", cb=on_ledger),
+            await nc.subscribe(RPC_AUDIT_REQUESTS, queue="audit", cb=on_requests),
+            await nc.subscribe(RPC_AUDIT_STATS, queue="audit", cb=on_stats),
+            await nc.subscribe(RPC_AUDIT_EVENTS, queue="audit", cb=on_events)]
 
     gauges = deps.bus.start(every(deps.settings.telemetry.collect_interval_s, collect_jobs, "jobs", metrics))
 
@@ -136,6 +166,13 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     deps.on_stop.append(stop)
     sub = Subscription(DURABLE, (ALL_EVENTS,), consumer_for(s, deps.shape.shares_process("audit")), replayable=True)
     await deps.bus.ensure_consumer(sub)
+    # The export's consumer exists before the sweeper's first round, so nothing it has not delivered is purged.
+    if s.export.enabled:
+        exporter = Exporter(deps.bus, s.export, sinks_of(s.export))
+        await deps.bus.ensure_consumer(exporter.sub)
+        deps.bus.start(exporter.serve())
+    else:
+        await remove_stale_consumer(deps.bus)
     if deps.settings.nats.sweep_s > 0:  # audit keeps the stream: what every reader acknowledged leaves it
         deps.bus.start(Sweeper(deps.bus).run())
     deps.ready["audit"] = True

@@ -16,6 +16,9 @@ concurrent replicas all converge on the same contents:
 - admissions: insert once per request (policy's first decision stands).
 - budget events: insert once per event id.
 - routing decisions (per request) and attempt routing (per attempt): insert once.
+- audit events (the audit trail, per event id): insert once.
+
+The request list, statistics and audit-trail reads are in ``services.audit.queries``.
 
 A request's cost, token and attempt totals are re-summed from its attempt rows
 in the same transaction. The request rows are upserted first, in key order,
@@ -78,6 +81,7 @@ class Schema:
     budget: Table
     routing: Table | None = None
     attempt_routes: Table | None = None
+    events: Table | None = None
 
 
 def build_schema(prefix: str = "audit_") -> Schema:
@@ -109,7 +113,18 @@ def build_schema(prefix: str = "audit_") -> Schema:
         Column("completion_text", Text),
         Column("prompt_id", String(128)),
         Column("prompt_version", Integer),
+        # The request list and statistics (added later, so nullable): see RequestRow.
+        Column("api", String(32)),
+        Column("served_model", String(256)),
+        Column("provider", String(128)),
+        Column("latency_ms", Float),
+        Column("ttft_ms", Float),
+        Column("degraded", Boolean),
+        Column("pii", Text),
+        Column("savings_usd", Float),
         Index(f"{prefix}requests_tenant", "tenant", "created_at"),
+        # A team's requests over a time range (a viewer's every read, and team filters) without the tenant's.
+        Index(f"{prefix}requests_team", "tenant", "team", "created_at"),
         # Unfinished jobs only (partial): the job gauges read these rows and no others; sync requests never enter.
         Index(f"{prefix}requests_open_jobs", "status", "created_at", sqlite_where=text(OPEN_JOBS),
               postgresql_where=text(OPEN_JOBS)),
@@ -193,8 +208,22 @@ def build_schema(prefix: str = "audit_") -> Schema:
         Column("degraded", Boolean, nullable=False),
         Column("ts", Float, nullable=False),
     )
+    events = Table(
+        f"{prefix}events", md,  # the audit trail (services/audit/trail.py): metadata only
+        Column("id", String(256), primary_key=True),
+        Column("ts", Float, nullable=False),
+        Column("type", String(32), nullable=False),
+        Column("tenant", String(128), nullable=False),
+        Column("team", String(128)),
+        Column("key_id", String(128)),
+        Column("request_id", String(128)),
+        Column("actor", String(128)),
+        Column("detail", Text, nullable=False),
+        Index(f"{prefix}events_tenant_ts", "tenant", "ts", "id"),
+        Index(f"{prefix}events_request", "request_id"),
+    )
     return Schema(metadata=md, requests=requests, attempts=attempts, ledger=ledger, admissions=admissions,
-                  budget=budget, routing=routing, attempt_routes=attempt_routes)
+                  budget=budget, routing=routing, attempt_routes=attempt_routes, events=events)
 
 
 @dataclass(frozen=True)
@@ -210,6 +239,7 @@ class _WriteStatements:
     attempt_routes: Any
     totals: Any
     sums: Any
+    events: Any
 
 
 def _attempt_sums(a: Table) -> Any:
@@ -229,9 +259,10 @@ def _request_upsert(insert: Any, t: Table) -> Any:
     advances = new.stage > t.c.stage
     by_stage = {name: case((advances, new[name]), else_=t.c[name]) for name in (
         "stage", "status", "completed_at", "error_status", "error_type", "error_code", "error_message",
-        "completion_text")}
+        "completion_text", "served_model", "provider", "latency_ms", "ttft_ms", "degraded", "savings_usd")}
     return stmt.on_conflict_do_update(index_elements=["request_id"], set_={
         **by_stage, "model": func.coalesce(t.c.model, new.model), "trace_id": func.coalesce(t.c.trace_id, new.trace_id),
+        "api": func.coalesce(t.c.api, new.api), "pii": func.coalesce(t.c.pii, new.pii),
         "prompt_id": func.coalesce(t.c.prompt_id, new.prompt_id),
         "prompt_version": func.coalesce(t.c.prompt_version, new.prompt_version)})
 
@@ -275,7 +306,8 @@ class AuditStore:
                 attempts=bindparam("b_attempts"), prompt_tokens=bindparam("b_prompt"),
                 completion_tokens=bindparam("b_completion"), cached_tokens=bindparam("b_cached"),
                 reasoning_tokens=bindparam("b_reasoning"), cost_usd=bindparam("b_cost")),
-            sums=_attempt_sums(sc.attempts))
+            sums=_attempt_sums(sc.attempts),
+            events=insert(sc.events).on_conflict_do_nothing(index_elements=["id"]))
         self._direct: _SqliteWriter | None = None  # a SQLite file's writes (see _SqliteWriter)
 
     @classmethod
@@ -397,7 +429,7 @@ class AuditStore:
         }
         # How the router decided, when it recorded a decision: every candidate, and each attempt's outcome.
         if routed is not None:
-            body["routing"] = json.loads(routed["decision"])
+            body["routing"] = _routing_view(json.loads(routed["decision"]))
             body["outcomes"] = _outcomes(body["attempts"])
             body["degraded"] = any(a.get("degraded") and a["outcome"] == "success" for a in body["attempts"])
         # Policy's decision and the budget events, when there are any (counts and amounts, never text).
@@ -476,7 +508,7 @@ def _plan(batch: AuditBatch) -> list[tuple[str, list[Any]]]:
     if batch.attempts:
         plan.append(("resum", sorted({a.request_id for a in batch.attempts})))
     for name, rows in (("admissions", batch.admissions), ("budget", batch.budget), ("routing", batch.routing),
-                       ("attempt_routes", batch.attempt_routes)):
+                       ("attempt_routes", batch.attempt_routes), ("events", batch.trail)):
         if rows:
             plan.append((name, [_row_params(r) for r in rows]))
     return plan
@@ -638,6 +670,15 @@ def _attempt_view(row: Any, why: Any = None, operator: bool = False) -> dict[str
         **({"cache": json.loads(row["cache"])} if row["cache"] else {}),
         **({"detail": row["detail"]} if operator and row["detail"] else {}),
     }
+
+
+def _routing_view(decision: dict[str, Any]) -> dict[str, Any]:
+    """The stored routing decision with the response's names: candidates' and the baseline's estimate is
+    ``estimated_cost_usd`` (stored as ``est_cost_usd``; rows of every version read the same)."""
+    for part in (*(decision.get("candidates") or ()), decision.get("baseline") or {}):
+        if "est_cost_usd" in part:
+            part["estimated_cost_usd"] = part.pop("est_cost_usd")
+    return decision
 
 
 def _admission_view(row: Any) -> dict[str, Any]:

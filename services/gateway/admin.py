@@ -29,6 +29,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from msgspec import Meta, Struct
 
+from services.gateway.actions import Actions, Publish
 from services.gateway.web import SMALL_BODY_BYTES, principal_of, read_body
 from services.ops import json_response
 from shared.auth import KeyEntry, KeyLimits, KeyRecord, KeyStore, Principal, generate_key
@@ -110,7 +111,9 @@ def _name(value: str, what: str) -> str:
 class Admin:
     """The admin endpoints, over the key store and the team, budget and rate-limit stores policy admits with."""
 
-    def __init__(self, keyring: KeyStore, catalog: Catalog, stores: Stores, team_defaults: TeamDefaults) -> None:
+    def __init__(self, keyring: KeyStore, catalog: Catalog, stores: Stores, team_defaults: TeamDefaults,
+                 publish: Publish | None = None) -> None:
+        self.actions = Actions(publish)  # every change is published to the audit trail
         self.keys = keyring
         self.catalog = catalog
         self.stores = stores
@@ -185,6 +188,10 @@ class Admin:
                                                  operator=body.operator, expires_at=expires,
                                                  allowed_models=body.allowed_models,
                                                  allowed_providers=body.allowed_providers, limits=limits))
+        await self.actions.record("key_created", p, tenant=tenant, team=team, subject_id=record.id, detail={
+            "role": body.role, "operator": body.operator, "expires_at": expires,
+            "allowed_models": body.allowed_models, "allowed_providers": body.allowed_providers,
+            "limits": msgspec.to_builtins(limits) if limits else None})
         return json_response({**record.public(), "key": clear}, status=201)
 
     async def list_keys(self, request: Request) -> Response:
@@ -205,6 +212,7 @@ class Admin:
         record = await self.keys.revoke(key_id)
         if record is None:
             raise NotFound(f"No key found with id '{key_id}'.", param="key_id")
+        await self.actions.record("key_revoked", p, tenant=record.tenant, team=record.team, subject_id=key_id)
         return json_response(record.public())
 
     async def rotate_key(self, request: Request, key_id: str) -> Response:
@@ -218,6 +226,8 @@ class Admin:
         if rotated is None:
             raise NotFound(f"No key found with id '{key_id}'.", param="key_id")
         clear, record = rotated
+        await self.actions.record("key_rotated", p, tenant=record.tenant, team=record.team, subject_id=key_id,
+                                  detail={"new_key_id": record.id, "grace_s": body.grace_s})
         return json_response({**record.public(), "key": clear})
 
     # ---- teams ---------------------------------------------------------------------------
@@ -233,6 +243,8 @@ class Admin:
             record = await (await self.stores.teams()).create(tenant, name, settings, body.description)
         except TeamExists as exc:
             raise Conflict(str(exc), code="team_exists") from None
+        await self.actions.record("team_created", p, tenant=tenant, team=name, subject_id=name,
+                                  detail={"settings": msgspec.to_builtins(settings)})
         return json_response(record.public(), status=201)
 
     async def list_teams(self, request: Request) -> Response:
@@ -268,16 +280,19 @@ class Admin:
             raise InvalidRequest(str(exc), param="settings") from None
         if record is None:
             raise NotFound(f"No team '{team}'.", param="team", code="team_not_found")
+        await self.actions.record("team_changed", p, tenant=tenant, team=team, subject_id=team, detail={
+            "settings": body.settings, "description_changed": body.description is not None})
         return json_response(record.public())
 
     # ---- response cache ------------------------------------------------------------------
 
     async def purge_cache(self, request: Request, team: str) -> Response:
         """Remove every cached answer, coalescing lock and semantic index entry of the team (gone at rest)."""
-        _, tenant = self.admin_in(request, request.query_params.get("tenant"))
+        p, tenant = self.admin_in(request, request.query_params.get("tenant"))
         if not SAFE_NAME.match(team) or not await self._team_known(tenant, team):
             raise NotFound(f"No team '{team}'.", param="team", code="team_not_found")
         await (await self.stores.cache()).purge(tenant, team)
+        await self.actions.record("cache_purged", p, tenant=tenant, team=team, subject_id=team)
         return json_response({"object": "cache.purge", "tenant": tenant, "team": team, "purged": True})
 
     # ---- budgets -------------------------------------------------------------------------

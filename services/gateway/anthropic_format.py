@@ -159,6 +159,12 @@ class MessagesRequest(Struct, kw_only=True):
     switchyard: dict[str, Any] | None = None
 
 
+class CountTokensRequest(MessagesRequest, kw_only=True):
+    """``POST /v1/messages/count_tokens``: a Messages request whose ``max_tokens`` may be left out."""
+
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None  # type: ignore[assignment]
+
+
 _decoder = msgspec.json.Decoder(MessagesRequest)
 _encoder = msgspec.json.Encoder()
 
@@ -353,10 +359,15 @@ def render_message(resp: ChatResponse, request_id: str, model: str) -> dict[str,
 
 def render_error(info: ErrorInfo, request_id: str | None = None) -> dict[str, Any]:
     """Anthropic's error envelope; the HTTP status stays ``info.status``."""
+    message = info.message
+    if info.status == 401 and info.code == "invalid_api_key":
+        # Anthropic's own words, and how a key reaches this gateway: x-api-key (as the SDK sends it) or bearer
+        message = ("x-api-key header is required" if message.startswith("You didn't") else "invalid x-api-key") + \
+            ": send your Switchyard API key as 'x-api-key: <key>' or 'Authorization: Bearer <key>'."
     body: dict[str, Any] = {"type": "error",
                             "error": {"type": ERROR_TYPES.get(info.status, "api_error" if info.status >= 500
                                                               else "invalid_request_error"),
-                                      "message": info.message}}
+                                      "message": message}}
     if request_id:
         body["request_id"] = request_id
     return body
@@ -385,6 +396,11 @@ class MessagesStreamEncoder:
         self._tool_blocks: dict[int, int] = {}  # canonical tool-call index → content-block index
         self._finish: str | None = None
         self._usage: Usage | None = None
+
+    def serving(self, model: str) -> None:
+        """The model that serves the response, named in ``message_start`` if that has not gone out yet."""
+        if not self._started:
+            self.model = model
 
     def _start(self) -> bytes:
         if self._started:

@@ -1,4 +1,5 @@
-"""Synchronous completions and their SSE relay: chat completions, Anthropic messages and embeddings.
+"""Synchronous completions and their SSE relay: chat completions, Anthropic messages, embeddings, legacy text
+completions.
 
 A call publishes ``CompletionRequested`` (durable once PubAck'd) and waits for
 its own terminal event, delivered over core NATS on ``sy.evt.done.<gateway
@@ -21,7 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from services.gateway import handlers as h
-from services.gateway.dialects import ANTHROPIC, EMBEDDINGS, OPENAI, Dialect, StreamEncoder
+from services.gateway.dialects import ANTHROPIC, EMBEDDINGS, OPENAI, Dialect, StreamEncoder, legacy_completions
+from services.gateway.legacy_format import API as LEGACY_API
+from services.gateway.idempotent import Idempotent
 from services.gateway.settings import GatewaySettings
 from services.gateway.web import (
     error_response,
@@ -32,6 +35,7 @@ from services.gateway.web import (
     request_trace,
 )
 from services.ops import json_response
+from shared.openai_format import response_headers
 from shared.auth import KeyStore, Principal
 from shared.bus import Bus
 from shared.cache import HEADER as CACHE_HEADER
@@ -47,6 +51,7 @@ from shared.events import (
     chunk_subject,
     done_subject,
 )
+from shared.state.idempotency import HEADER as IDEMPOTENCY_HEADER
 from shared.telemetry import Telemetry
 
 log = logging.getLogger("switchyard.gateway")
@@ -79,6 +84,13 @@ class Waiters:
         fut = self._futures.get(event.request_id)
         if fut is not None and not fut.done():
             fut.set_result(event)
+
+
+async def _kept(holder: object, term: CompletionSucceeded) -> None:
+    """Hand a success to a dialect (or stream encoder) that keeps exchanges (the Responses API stores them)."""
+    keep = getattr(holder, "keep", None)
+    if keep is not None:
+        await keep(term)
 
 
 class Timeout:
@@ -128,14 +140,17 @@ class Completions:
         self.id = gateway_id
         self.metrics = telemetry.metrics
         self.waiters = Waiters()
-        for api in (OPENAI.api, ANTHROPIC.api, EMBEDDINGS.api):  # counted from 0: a first burst shows in rate()
+        # counted from 0: a first burst shows in rate()
+        for api in (OPENAI.api, ANTHROPIC.api, EMBEDDINGS.api, LEGACY_API):
             for outcome in OUTCOMES:
                 self.metrics.requests.labels(api, outcome)
         self.metrics.ttft.labels("gateway")
         self.ids = h.RequestIds()
         self.streams: dict[str, ChunkInbox] = {}  # request id → the inbox of a stream this instance relays
+        self.idempotent = Idempotent(bus)
 
     async def start(self) -> None:
+        await self.idempotent.start()
         await self.bus.subscribe(done_subject(self.id), self._on_done)
         # One subscription for the chunks of every stream this instance relays (not one per request).
         await self.bus.subscribe(chunk_subject(self.id, "*"), self._on_chunk)
@@ -160,12 +175,21 @@ class Completions:
     async def embeddings(self, request: Request) -> Response:
         return await self.complete(request, EMBEDDINGS)
 
-    async def complete(self, request: Request, dialect: Dialect) -> Response:
-        """One request in ``dialect``'s wire format: wait for its terminal event, or relay its stream."""
+    async def text_completions(self, request: Request) -> Response:
+        return await self.complete(request, legacy_completions())
+
+    async def complete(self, request: Request, dialect: Dialect, body: bytes | None = None) -> Response:
+        """One request in ``dialect``'s wire format: wait for its terminal event, or relay its stream.
+
+        ``body``: the request's body when the caller has read it already (the Responses API reads it first to
+        load the conversation it continues). A dialect (or its stream encoder) with an async ``keep(term)``
+        gets each successful terminal event before the client is answered (stored responses)."""
         started = time.perf_counter()
         try:
             principal = refuse_viewer(principal_of(self.keyring, request))
-            body = await read_body(request, self.settings.max_body_bytes)
+            if body is None:
+                body = await read_body(request, self.settings.max_body_bytes)
+            sent = body  # as the client sent it: what an Idempotency-Key's retry must repeat
             prompt = None
             if self.render is not None:  # before publishing: policy checks the final text
                 body, prompt = await self.render(body, principal, dialect.api)
@@ -176,12 +200,21 @@ class Completions:
             event = h.completion_requested(chat, principal, request.headers, request_id=self.ids.new(),
                                            origin=self.id, timeout_s=timeout, job=False, api=dialect.api,
                                            embedding=embedding, prompt=prompt)
-            with request_trace(self.telemetry, request, event):
-                if chat.stream:
-                    return await self._stream(request, dialect, event, started)
-                return await self._sync(request, dialect, event, started)
-        except SwitchyardError as exc:
-            return self._error(dialect, exc.info(), None)
+            key = request.headers.get(IDEMPOTENCY_HEADER)
+            if key is not None:  # at most once per tenant and key (services/gateway/idempotent.py)
+                return await self.idempotent.run(
+                    key, principal.tenant, request.url.path, sent, event.request_id, bool(chat.stream),
+                    lambda: self._run(request, dialect, event, bool(chat.stream), started))
+            return await self._run(request, dialect, event, bool(chat.stream), started)
+        except SwitchyardError as exc:  # a request not acknowledged by the bus names its id (NotAccepted...)
+            return self._error(dialect, exc.info(), getattr(exc, "request_id", None))
+
+    async def _run(self, request: Request, dialect: Dialect, event: CompletionRequested, stream: bool,
+                   started: float) -> Response:
+        with request_trace(self.telemetry, request, event):
+            if stream:
+                return await self._stream(request, dialect, event, started)
+            return await self._sync(request, dialect, event, started)
 
     def _check_capacity(self) -> None:
         """Back-pressure: past ``max_in_flight`` waiting requests, refuse now (503) rather than let all of them
@@ -217,11 +250,8 @@ class Completions:
         self.metrics.requests.labels(dialect.api, term.status).inc()
         headers = {"x-request-id": rid, "x-switchyard-overhead-ms": f"{overhead * 1000:.3f}"}
         if isinstance(term, CompletionSucceeded):
-            headers["x-switchyard-provider"] = term.target.provider
-            headers.update(term.ctx.rate_headers or {})
-            if term.ctx.redactions:
-                headers["x-switchyard-redactions"] = ",".join(f"{k}={n}" for k, n in
-                                                              sorted(term.ctx.redactions.items()))
+            await _kept(dialect, term)
+            headers.update(response_headers(term.ctx, term.target.provider))
             if term.cache is not None:
                 headers[CACHE_HEADER] = term.cache.status
             return json_response(dialect.success(term), headers=headers)
@@ -259,6 +289,7 @@ class Completions:
             await close(cancel_upstream=False)
             self.metrics.requests.labels(dialect.api, first.status).inc()
             if isinstance(first, CompletionSucceeded):  # an answer with no chunks at all: send it whole
+                await _kept(dialect, first)
                 whole = {"x-request-id": rid}
                 if first.cache is not None:
                     whole[CACHE_HEADER] = first.cache.status
@@ -266,7 +297,7 @@ class Completions:
             return self._error(dialect, h.terminal_error(first), rid)
         self.metrics.ttft.labels("gateway").observe(time.perf_counter() - started)
         body = self._sse(dialect.stream(event), dialect.api, event, first, inbox, started, close)
-        sse_headers = {"x-request-id": rid, "cache-control": "no-cache"}
+        sse_headers = {"x-request-id": rid, "cache-control": "no-cache", **(first.headers or {})}
         if first.cache:  # the worker says what the response cache did in every chunk: the headers go now
             sse_headers[CACHE_HEADER] = first.cache
         return StreamingResponse(body, media_type="text/event-stream", headers=sse_headers)
@@ -297,6 +328,7 @@ class Completions:
                         for late in await inbox.drain(term.chunks - seen):
                             if (late.attempt, late.delivery) == lock:
                                 yield enc.chunk(late)
+                        await _kept(enc, term)
                         yield enc.finish(term)
                         total = time.perf_counter() - started
                         self.metrics.request_duration.labels(api).observe(total)

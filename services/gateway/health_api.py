@@ -24,6 +24,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from msgspec import Struct
 
+from services.gateway.actions import Actions, Publish
 from services.gateway.web import SMALL_BODY_BYTES, principal_of, read_body
 from services.ops import json_response
 from shared.auth import KeyStore
@@ -45,7 +46,8 @@ class HealthApi:
     """The provider-health endpoints, over this gateway's watched health store (opened on first use)."""
 
     def __init__(self, keyring: KeyStore, catalog: Catalog, stores: Stores,
-                 on_stop: list[Callable[[], Awaitable[None]]]) -> None:
+                 on_stop: list[Callable[[], Awaitable[None]]], publish: Publish | None = None) -> None:
+        self.actions = Actions(publish)  # every breaker operated is published to the audit trail
         self.keys = keyring
         self.catalog = catalog
         self.stores = stores
@@ -94,5 +96,7 @@ class HealthApi:
         by = f"operator:{principal.key_id}"
         for name in names:
             await health.operate(name, body.action, by=by)
+            await self.actions.record("breaker", principal, tenant=principal.tenant, team=principal.team,
+                                      subject_id=name, detail={"action": body.action, "by": by})
         rows = [r for r in health.status(self.catalog) if r["deployment"] in names]
         return json_response({"object": "list", "data": rows})

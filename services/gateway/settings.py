@@ -1,9 +1,11 @@
 """Gateway settings (``SWITCHYARD_GATEWAY__*``)."""
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from shared.settings import Section
 
 
-class GatewaySettings(BaseModel):
+class GatewaySettings(Section):
     """HTTP front door."""
 
     host: str = "127.0.0.1"
@@ -18,3 +20,8 @@ class GatewaySettings(BaseModel):
                                  "more get 429 with Retry-After, not accepted (0: no cap)")
     max_queued_bytes: int = Field(1024**3, ge=0, description="bytes of those jobs' requests one tenant may have "
                                   "queued; more get 429 with Retry-After, not accepted (0: no cap)")
+    max_file_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="the largest file POST /v1/files takes "
+                                "(a batch's input JSONL); larger get 413")
+    max_batch_lines: int = Field(10_000, ge=1, description="requests (lines) one batch input file may hold")
+    batch_resume_after_s: float = Field(30.0, gt=0, description="a batch whose submission made no progress for "
+                                        "this long (its gateway died) is resumed by the next gateway that reads it")

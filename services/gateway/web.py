@@ -82,7 +82,19 @@ def principal_of(keyring: KeyStore, request: Request) -> Principal:
         return token
     if isinstance(token, SwitchyardError):
         raise token  # a JWT that failed verification: the 401 (or 503) says why
-    raise Unauthenticated("Incorrect or missing API key. Pass it as 'Authorization: Bearer <key>'.")
+    raise unauthenticated(bearer(request))
+
+
+def unauthenticated(key: str | None) -> Unauthenticated:
+    """The 401 for a missing or unknown key, in OpenAI's words: clients (LiteLLM) classify the error by them."""
+    if not key:
+        return Unauthenticated("You didn't provide an API key. You need to provide your API key in an Authorization "
+                               "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or in an x-api-key "
+                               "header.")
+    # Like OpenAI: the start and the last four characters, enough to tell which key was sent, never the key.
+    shown = f"{key[:3]}...{key[-4:]}" if len(key) > 12 else "***"
+    return Unauthenticated(f"Incorrect API key provided: {shown}. You can find your API key at "
+                           f"https://platform.openai.com/account/api-keys.")
 
 
 class BearerTokens:
@@ -104,6 +116,36 @@ class BearerTokens:
                 except SwitchyardError as exc:
                     scope[TOKEN_IDENTITY] = exc
         await self.app(scope, receive, send)
+
+
+class CurrentKeys:
+    """ASGI entry in front of the gateway: while the key index is not current (its watch restarting after a
+    lost connection), the caller's key is read from KV before any endpoint authenticates it synchronously, so
+    a key revoked or created meanwhile is judged as stored; KV unreachable: 503 (fail closed). While the index
+    is current this is one attribute check."""
+
+    def __init__(self, app, keyring: KeyStore) -> None:
+        self.app = app
+        self.keyring = keyring
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] == "http" and not self.keyring.current:
+            try:
+                await self.keyring.refresh(bearer(Request(scope)))
+            except SwitchyardError as exc:
+                await exception_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def sees(principal: Principal, team: str) -> bool:
+    """Whether ``principal`` may read a record of ``team`` in its own tenant: a viewer key reads its own team's only."""
+    return principal.role != "viewer" or team == principal.team
+
+
+def changes(principal: Principal, team: str) -> bool:
+    """Whether ``principal`` may cancel or delete a record of ``team``: a member its own team's, an admin any."""
+    return principal.role not in ("viewer", "member") or (principal.role == "member" and team == principal.team)
 
 
 def refuse_viewer(principal: Principal) -> Principal:

@@ -52,7 +52,6 @@ from shared.errors import (
     ContextLengthExceeded,
     ErrorInfo,
     InvalidRequest,
-    NotFound,
     PayloadTooLarge,
     PermissionDenied,
     RateLimited,
@@ -196,10 +195,7 @@ def check(request: ChatRequest, s: PolicySettings, catalog: Catalog) -> ChatRequ
     if size.chars > s.max_prompt_chars:
         raise PayloadTooLarge(f"the prompt (messages, tools, tool calls and response format) is longer than "
                               f"{s.max_prompt_chars} characters", param="messages")
-    model = catalog.model_for(request.model)
-    if model is None or not catalog.targets(request.model):
-        raise NotFound(f"The model '{request.model}' does not exist or is not available on this gateway.",
-                       param="model", code="model_not_found")
+    model = catalog.check_servable(request.model)
     prompt_tokens = size.tokens
     if prompt_tokens >= model.context_window:
         raise ContextLengthExceeded(

@@ -1,13 +1,16 @@
 """Policy service: admission on ``sy.evt.requested``; settlement on terminal events and billed attempts.
 
-Two durable consumers, each shared by every policy replica: ``policy`` admits
-or denies requested completions; ``policy-settle`` reads ``sy.evt.done.>``
-(every terminal event, whichever gateway it goes to) and
-``sy.evt.attempt_failed`` (attempts that were billed although they failed) to
+Three durable consumers, each shared by every policy replica: ``policy`` admits
+or denies requested completions of the interactive lane (synchronous and
+streamed), ``policy-batch`` those of the batch lane (async jobs), each with its
+own in-flight window, so a backlog of jobs never stands in front of an
+interactive request; ``policy-settle`` reads ``sy.evt.done.>`` (every terminal
+event, whichever gateway it goes to) and ``sy.evt.attempt_failed`` of both lanes
+(attempts that were billed although they failed, or whose request had ended) to
 settle or release budget reservations. Admission is shared fairly between
-tenants (``fairness.py``): while requests wait in the stream, one tenant holds
-at most its share of this process's in-flight window. All shared state is in
-KV buckets (declared in ``shared.state.buckets``):
+tenants in each lane (``fairness.py``): while requests wait in the stream, one
+tenant holds at most its share of this process's in-flight window. All shared
+state is in KV buckets (declared in ``shared.state.buckets``):
 
     sy_keys         API keys (shared.auth)
     sy_teams        team settings (shared.state.teams)
@@ -29,15 +32,27 @@ from services.policy.handlers import PolicyDeps, admit_or_fail_closed, charge, s
 from services.policy.metrics import BudgetGauges, PolicyMetrics
 from shared.bus import Delivery, Subscription
 from shared.collectors import every
-from shared.events import ATTEMPT_FAILED, DONE_ALL, REQUESTED, AnyEvent, AttemptFailed, CompletionRequested, Event
+from shared.events import (
+    ATTEMPT_FAILED,
+    BATCH,
+    DONE_ALL,
+    REQUESTED,
+    AnyEvent,
+    AttemptFailed,
+    CompletionRequested,
+    Event,
+    in_every_lane,
+    lane_subject,
+)
 from shared.lifecycle import poison, with_deadline
 from shared.state.buckets import ADMISSIONS
 
 log = logging.getLogger("switchyard.policy")
 
 DURABLE = "policy"
+BATCH_DURABLE = "policy-batch"
 SETTLE_DURABLE = "policy-settle"
-SETTLE_SUBJECTS = (DONE_ALL, ATTEMPT_FAILED)
+SETTLE_SUBJECTS = (DONE_ALL, *in_every_lane(ATTEMPT_FAILED))
 
 
 def _optional(module: str):
@@ -68,18 +83,26 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     gauges = BudgetGauges(deps.telemetry.metrics.registry, metrics.budget_teams, pdeps.teams, pdeps.budgets, s)
     deps.bus.start(every(deps.settings.telemetry.collect_interval_s, gauges.collect, "budgets", deps.telemetry.metrics))
     admit_sub = Subscription(DURABLE, (REQUESTED,), s.consumer)
+    batch_sub = Subscription(BATCH_DURABLE, (lane_subject(REQUESTED, BATCH),), s.batch_consumer)
     settle_sub = Subscription(SETTLE_DURABLE, SETTLE_SUBJECTS, s.settle_consumer)
 
-    # One tenant's flood holds at most its share of this process's window; the rest waits in the stream.
-    fair = FairShare(s.fairness, window=s.consumer.concurrency, max_deliver=s.consumer.max_deliver)
+    def admitter(fair: FairShare):
+        """Admission in one lane: one tenant's flood holds at most its share of that lane's window here; the
+        rest waits in the stream."""
 
-    async def on_requested(event: CompletionRequested, delivery: Delivery) -> list[Event]:
-        rid = event.request_id
-        with fair.slot(event.ctx.tenant, rid, delivery.num_delivered, delivery.pending):
-            out = await admit_or_fail_closed(event, pdeps, fair.deliveries(rid, delivery.num_delivered))
-        metrics.observe(out)
-        router = deps.local.router  # a router in this process: route now (stage fusion)
-        return await router.fuse(out, deps.bus.publish_all) if router is not None else out
+        async def on_requested(event: CompletionRequested, delivery: Delivery) -> list[Event]:
+            rid = event.request_id
+            with fair.slot(event.ctx.tenant, rid, delivery.num_delivered, delivery.pending):
+                out = await admit_or_fail_closed(event, pdeps, fair.deliveries(rid, delivery.num_delivered))
+            metrics.observe(out)
+            router = deps.local.router  # a router in this process: route now (stage fusion)
+            return await router.fuse(out, deps.bus.publish_all) if router is not None else out
+
+        return on_requested
+
+    lanes = [(sub, admitter(FairShare(s.fairness, window=sub.settings.concurrency,
+                                      max_deliver=sub.settings.max_deliver)))
+             for sub in (admit_sub, batch_sub)]
 
     async def on_outcome(event: AnyEvent, delivery: Delivery) -> list[Event]:
         if isinstance(event, AttemptFailed):
@@ -91,11 +114,11 @@ async def run(deps: Deps, arg: str | None = None) -> None:
         metrics.observe(out)
         return out
 
-    await deps.bus.ensure_consumer(admit_sub)
-    await deps.bus.ensure_consumer(settle_sub)
+    for sub in (admit_sub, batch_sub, settle_sub):
+        await deps.bus.ensure_consumer(sub)
     deps.ready["policy"] = True
     await asyncio.gather(
-        deps.bus.consume("policy", admit_sub, with_deadline(on_requested), on_poison=poison),
+        *(deps.bus.consume(sub.durable, sub, with_deadline(handler), on_poison=poison) for sub, handler in lanes),
         # No deadline guard and no poison handler here: terminal events and failed attempts are facts to
         # account for, never requests to end.
         deps.bus.consume("policy-settle", settle_sub, on_outcome),

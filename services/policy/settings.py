@@ -3,21 +3,21 @@ fair admission across tenants."""
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from shared.ids import check_name
-from shared.settings import ConsumerSettings
+from shared.settings import ConsumerSettings, Section
 from shared.state.buckets import CACHE_MAX_AGE_S
 
 
-class TenantQuota(BaseModel):
+class TenantQuota(Section):
     """One tenant's own rate limits, instead of the tenant defaults (0: no limit)."""
 
     rpm: int = Field(0, ge=0, description="requests per minute of the whole tenant")
     tpm: int = Field(0, ge=0, description="tokens per minute of the whole tenant")
 
 
-class QuotaSettings(BaseModel):
+class QuotaSettings(Section):
     """Default rate limits (``SWITCHYARD_POLICY__QUOTAS__*``): every key and every tenant is held to them unless
     it has its own. 0 turns a default off.
 
@@ -43,7 +43,7 @@ class QuotaSettings(BaseModel):
         return value
 
 
-class FairnessSettings(BaseModel):
+class FairnessSettings(Section):
     """Fair admission across tenants (``SWITCHYARD_POLICY__FAIRNESS__*``): one tenant's flood cannot occupy the
     whole in-flight window of a policy process, so another tenant's requests are read and admitted meanwhile."""
 
@@ -57,10 +57,13 @@ class FairnessSettings(BaseModel):
                             "whatever its tenant holds (no starvation; it can never become poison)")
 
 
-class PolicySettings(BaseModel):
+class PolicySettings(Section):
     """Admission limits and governance defaults (a team's own settings override the defaults)."""
 
-    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings,
+                                       description="the interactive lane's consumer (synchronous and streamed)")
+    batch_consumer: ConsumerSettings = Field(default_factory=lambda: ConsumerSettings(concurrency=64),
+                                             description="the batch lane's consumer (async jobs)")
     settle_consumer: ConsumerSettings = Field(default_factory=ConsumerSettings,
                                               description="the consumer of terminal events (budget settlement)")
     max_messages: int = Field(2048, ge=1, description="messages per request (more: 422)")

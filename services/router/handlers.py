@@ -178,6 +178,9 @@ def plan_request(event: RequestAdmitted, deps: RouterDeps, now: float) -> Plan:
     caps = set(hints.capabilities)
     if mode == "model":
         caps |= {"embeddings"} if ctx.api == "embeddings" else set()  # the client chose the model itself
+        # ... but the catalog says which models read images: one that does not would fail upstream (or, the
+        # mock, answer as if it had seen them), so the request is refused here with a 400.
+        caps |= required_capabilities(req, ctx.api, ctx.stream) & {"vision"}
     else:
         caps |= required_capabilities(req, ctx.api, ctx.stream)
     cap = req.output_cap()
@@ -279,7 +282,10 @@ def _reason(mode: str, name: str, strategy: str, preference: str, task: str, tas
     if not ordered:
         return "no candidate may serve this request"
     first = ordered[0]
-    excluded = Counter(c.excluded for c in cands if c.excluded and c.excluded != "last_resort")
+    # A model of the other kind (an embeddings model for a chat request) was never a candidate worth counting.
+    kind = "embeddings" in first.model.capabilities
+    excluded = Counter(c.excluded for c in cands if c.excluded and c.excluded != "last_resort"
+                       and ("embeddings" in c.model.capabilities) == kind)
     out = f"{first.target.deployment} ({first.model.name})"
     if last_resort is not None and first.model.name == last_resort:
         out += f": every other candidate is unavailable, so the last resort {last_resort} (degraded)"
@@ -304,6 +310,11 @@ def _no_candidates(event: RequestAdmitted, cands: list[Candidate], view: HealthV
     name = event.request.model
     if event.ctx.api == "embeddings" and all(c.excluded == "capability" for c in cands):
         return InvalidRequest(f"the model '{name}' does not offer embeddings", param="model").info()
+    if cands and all(c.excluded == "capability" for c in cands):
+        # What the request asks for (images, tools, JSON) no model it names can do: a bad request, as OpenAI's
+        # "image input is not supported by this model" is, not a constraint that may hold another time.
+        why = "; ".join(dict.fromkeys(c.detail for c in cands if c.detail))
+        return InvalidRequest(f"the model '{name}' does not support this request: {why}", param="model").info()
     reasons = {c.excluded for c in cands}
     listed = "; ".join(f"{c.target.deployment}: {c.excluded} ({c.detail})" for c in cands[:12])
     if reasons & BREAKER_REASONS:
@@ -422,6 +433,8 @@ def on_attempt_failed(event: AttemptFailed, deps: RouterDeps, now: float | None 
     history = [*d.history, summarize(event)]
     end = dict(event_id=terminal_id(event.request_id), request_id=event.request_id, ctx=d.ctx, history=history,
                decision=d.decision)
+    if event.after_end:
+        return []  # the request has its terminal already: a call made meanwhile is only recorded and billed
     if event.error.outcome == "cancelled":
         return [CompletionCancelled(**end, error=event.error)]
     if event.error.outcome in NO_FALLBACK:

@@ -1,4 +1,8 @@
-"""Router service: reads admitted requests and failed attempts through one durable consumer.
+"""Router service: reads admitted requests and failed attempts through one durable consumer per lane.
+
+``router`` reads the interactive lane (``sy.evt.admitted``, ``sy.evt.attempt_failed``), ``router-batch``
+the batch lane (the same subjects with ``.batch``: async jobs), each with its own in-flight window, so a
+backlog of jobs never stands in front of an interactive request.
 
 Each router process keeps a ``HealthStore``: a watched copy of the shared
 breaker records and observations (JetStream KV), and its own retry-budget
@@ -20,6 +24,7 @@ not) each delivery went.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -31,26 +36,43 @@ from services.runtime import Deps
 from services.router.handlers import RouterDeps, on_attempt_failed, route
 from shared.bus import Delivery, Subscription
 from shared.errors import Defer
-from shared.events import ADMITTED, ATTEMPT_FAILED, AnyEvent, AttemptDispatched, Event, RequestAdmitted
+from shared.events import (
+    ADMITTED,
+    ATTEMPT_FAILED,
+    BATCH,
+    AnyEvent,
+    AttemptDispatched,
+    Event,
+    RequestAdmitted,
+    lane_subject,
+)
 from shared.lifecycle import poison, with_deadline
 from shared.settings import ConsumerSettings
+from shared.state.attempts import AttemptMarks
+from shared.state.buckets import ATTEMPTS
 from shared.telemetry import Metrics, Telemetry
 
 log = logging.getLogger("switchyard.router")
 
 DURABLE = "router"
 SUBJECTS = (ADMITTED, ATTEMPT_FAILED)
+BATCH_DURABLE = "router-batch"
+BATCH_SUBJECTS = tuple(lane_subject(s, BATCH) for s in SUBJECTS)
 
 
 class Router:
     """The router's handlers bound to one process's health store and metrics."""
 
     def __init__(self, rdeps: RouterDeps, metrics: Metrics, consumer: ConsumerSettings,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, marks: AttemptMarks | None = None,
+                 publish: Callable[[Sequence[Event]], Awaitable[None]] | None = None) -> None:
         self.rdeps = rdeps
         self.metrics = metrics
         self.consumer = consumer
         self.telemetry = telemetry  # for the router's own span when it routes in policy's process
+        # The attempt marks and the bus's publish: a failure is decided once, even when the server replays it.
+        self.marks = marks
+        self.publish = publish
 
     def _counted(self, out: list[Event]) -> list[Event]:
         for e in out:
@@ -69,13 +91,25 @@ class Router:
             if event.routed_by:
                 return []  # routed at admission already (stage fusion)
             return self._counted(route(event, self.rdeps))
+        if event.after_end:
+            return []  # a call made after the request's end: recorded and billed, nothing to decide
+        nxt = event.dispatch.attempt + 1
+        if self.marks is not None and await self.marks.get(event.request_id, nxt) is not None:
+            return []  # decided already (the next attempt was claimed, or the request ended): a replayed failure
         # The last delivery may not wait any more: decide now rather than be dropped as poison.
-        can_wait = delivery.num_delivered < self.consumer.max_deliver - 1
+        consumer = self.rdeps.settings.batch_consumer if event.ctx.job else self.consumer
+        can_wait = delivery.num_delivered < consumer.max_deliver - 1
         try:
-            return self._counted(on_attempt_failed(event, self.rdeps, can_wait=can_wait))
+            out = self._counted(on_attempt_failed(event, self.rdeps, can_wait=can_wait))
         except Defer:
             self.metrics.router_attempts.labels("deferred").inc()
             raise
+        if self.marks is None or self.publish is None or not any(getattr(type(e), "terminal", False) for e in out):
+            return out
+        # The request ends here: once its terminal is in the stream, no attempt after this one may run.
+        await self.publish(out)
+        await self.marks.ended(event.request_id, nxt)
+        return []
 
     async def fuse(self, out: Sequence[Event], publish: Callable[[Sequence[Event]], Awaitable[None]]) -> list[Event]:
         """Route the ``RequestAdmitted`` among admission's ``out`` now; returns ``out`` with it marked routed.
@@ -109,10 +143,13 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     health = await deps.stores.open_health("router")
     deps.on_stop.append(health.close)
     rdeps = RouterDeps(settings=s, catalog=deps.catalog, health=health, instance=f"router-{uuid.uuid4().hex[:8]}")
-    router = Router(rdeps, metrics, s.consumer, telemetry=deps.telemetry)
-    sub = Subscription(DURABLE, SUBJECTS, s.consumer)
-    await deps.bus.ensure_consumer(sub)
+    marks = AttemptMarks(await deps.bus.kv(ATTEMPTS))
+    router = Router(rdeps, metrics, s.consumer, telemetry=deps.telemetry, marks=marks, publish=deps.bus.publish_all)
+    subs = (Subscription(DURABLE, SUBJECTS, s.consumer), Subscription(BATCH_DURABLE, BATCH_SUBJECTS, s.batch_consumer))
+    for sub in subs:
+        await deps.bus.ensure_consumer(sub)
     if s.fuse_with_policy and deps.shape.fused("router"):
         deps.local.router = router
     deps.ready["router"] = True
-    await deps.bus.consume("router", sub, with_deadline(router.handle), on_poison=poison)
+    await asyncio.gather(*(deps.bus.consume(sub.durable, sub, with_deadline(router.handle), on_poison=poison)
+                           for sub in subs))

@@ -2,16 +2,19 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from shared.settings import ConsumerSettings
+from shared.settings import ConsumerSettings, Section
 from shared.state.settings import BreakerSettings, HealthSettings
 
 
-class RouterSettings(BaseModel):
+class RouterSettings(Section):
     """Candidate selection, retries and fallback."""
 
-    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings,
+                                       description="the interactive lane's consumer (synchronous and streamed)")
+    batch_consumer: ConsumerSettings = Field(default_factory=lambda: ConsumerSettings(concurrency=64),
+                                             description="the batch lane's consumer (async jobs)")
     fuse_with_policy: bool = Field(True, description="a policy in the same process routes admitted requests "
                                                      "at once, without a bus hop to this consumer")
     max_attempts: int = Field(4, ge=1, description="attempts per request across all candidates")

@@ -9,6 +9,15 @@ Every call first takes a permit from the deployment's shared circuit breaker
 fails as ``circuit_open`` and the router falls back), a half-open one lets
 only its probes through. The call's outcome and latency are recorded after it.
 
+A job's attempt listens for the job's cancellation (``sy.cancel.<request_id>``,
+sent by the gateway after the cancel terminal is stored): the upstream call is
+cancelled and the attempt ends ``cancelled`` with what it cost (the prompt, as
+estimated), recorded and billed as an ``AttemptFailed`` marked ``after_end``,
+while the request's terminal stays the cancel. A call that answered while its
+request ended anyway (the cancel's terminal got into the stream first) is found
+when its success is refused as a duplicate, and recorded the same way
+(``after_end_of``): every provider call is billed exactly once.
+
 Streamed attempts relay each chunk to the gateway as it arrives. Until the
 first chunk is out, a failure is an ordinary failed attempt (the router may
 fall back); after it, the attempt ends as ``stream_broken`` (no fallback: the
@@ -31,7 +40,7 @@ import msgspec
 
 from shared.bus import Delivery
 from shared.catalog import Catalog
-from shared.canonical import ChatResponse, EmbeddingRequest, Usage
+from shared.canonical import ChatResponse, EmbeddingRequest, Usage, estimate_prompt_tokens
 from shared.errors import ErrorInfo, InvalidRequest, SwitchyardError, UpstreamBadResponse, UpstreamTimeout
 from shared.events import (
     AttemptAbandoned,
@@ -43,6 +52,7 @@ from shared.events import (
     Target,
     terminal_id,
 )
+from shared.openai_format import response_headers
 from shared.pricing import cost_usd, savings_usd
 from shared.scrub import scrub
 from shared.telemetry import Metrics
@@ -89,25 +99,44 @@ class WorkerDeps:
     cache: CacheLayer | None = None
 
 
-async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps) -> list[Event]:
+async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps,
+                  abandoned: bool = False) -> list[Event]:
+    """The attempt's events: its outcome, after an ``AttemptAbandoned`` when an earlier delivery's call was
+    abandoned (the server redelivered it, or ``abandoned``: its claim ran out, ``shared.state.attempts``)."""
     out: list[Event] = []
     rid, target = event.request_id, event.target
-    if delivery.num_delivered > 1:
-        previous = delivery.num_delivered - 1
+    if delivery.num_delivered > 1 or abandoned:
+        previous = max(1, delivery.num_delivered - 1)
         out.append(AttemptAbandoned(event_id=f"{rid}.attempt.{event.attempt}.abandoned.{previous}", request_id=rid,
                                     ctx=event.ctx, attempt=event.attempt, target=target, delivery=previous))
-    if event.ctx.job and await deps.is_cancelled(rid):
-        return out  # the cancel already ended the request
-    if deps.cache is not None and event.ctx.cache_plan is not None:
-        # A hit never reaches the breaker below: it neither needs a permit nor says anything about the provider.
-        out.append(await deps.cache.serve(event, lambda: _gated_call(event, delivery, deps),
-                                          _replayer(event, delivery, deps)))
+    if not event.ctx.job:
+        out.append(await _serve(event, delivery, deps, None))
         return out
-    out.append(await _gated_call(event, delivery, deps))
+    if deps.relay is None:
+        if await deps.is_cancelled(rid):
+            return out  # the cancel already ended the request
+        out.append(await _serve(event, delivery, deps, None))
+        return out
+    # Listening before the record is read: a cancel stored after that read is signalled to this listener.
+    async with deps.relay.cancellation(rid) as cancelled:
+        if await deps.is_cancelled(rid):
+            return out
+        out.append(await _serve(event, delivery, deps, cancelled))
     return out
 
 
-async def _gated_call(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps) -> Event:
+async def _serve(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps,
+                 cancelled: asyncio.Event | None) -> Event:
+    """The call, through the response cache when policy planned one for the request."""
+    if deps.cache is not None and event.ctx.cache_plan is not None:
+        # A hit never reaches the breaker below: it neither needs a permit nor says anything about the provider.
+        return await deps.cache.serve(event, lambda: _gated_call(event, delivery, deps, cancelled),
+                                      _replayer(event, delivery, deps))
+    return await _gated_call(event, delivery, deps, cancelled)
+
+
+async def _gated_call(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps,
+                      cancelled: asyncio.Event | None = None) -> Event:
     """The upstream call behind the deployment's circuit breaker: a permit first, the outcome recorded after."""
     target = event.target
     permit = None
@@ -118,7 +147,8 @@ async def _gated_call(event: AttemptDispatched, delivery: Delivery, deps: Worker
             return _refused(event, permit)
     result: Event | None = None
     try:
-        result = await _call(event, delivery, deps)
+        call = _call(event, delivery, deps)
+        result = await (call if cancelled is None else _until_cancelled(event, deps, call, cancelled))
     finally:
         if permit is not None:
             outcome, latency_ms, cost = _outcome_of(result)
@@ -147,7 +177,8 @@ def _replayer(event: AttemptDispatched, delivery: Delivery,
         for seq, chunk in enumerate(chunks, 1):
             await relay.send(event.ctx.origin, event.request_id, ChunkMessage(
                 attempt=event.attempt, delivery=delivery.num_delivered, seq=seq, chunk=chunk,
-                model=event.target.model, cache="hit"))
+                model=event.target.model, cache="hit",
+                headers=response_headers(event.ctx, event.target.provider) if seq == 1 else None))
         return len(chunks)
 
     return replay
@@ -269,6 +300,49 @@ def _succeeded(event: AttemptDispatched, deps: WorkerDeps, response: ChatRespons
                                decision=event.decision, degraded=event.degraded)
 
 
+async def _until_cancelled(event: AttemptDispatched, deps: WorkerDeps, call: Awaitable[Event],
+                           cancelled: asyncio.Event) -> Event:
+    """``call``, cancelled upstream when the job is: then the attempt ends ``cancelled``, billed for its prompt."""
+    started = time.perf_counter()
+    task = asyncio.ensure_future(call)
+    waiter = asyncio.ensure_future(cancelled.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done() and not cancelled.is_set():  # this handler itself is being stopped
+            task.cancel()
+    if task.done():
+        # An answer that raced the cancel is published as usual; if the cancel is in the stream first, the
+        # answer is recorded and billed after the end (``after_end_of``).
+        return task.result()
+    task.cancel()  # closes the upstream connection: the provider stops working on it
+    await asyncio.gather(task, return_exceptions=True)
+    target, m = event.target, deps.metrics
+    # A call cut short answers nothing about its usage: the prompt was sent and is billed, as estimated.
+    usage = Usage(prompt_tokens=estimate_prompt_tokens(event.request), completion_tokens=0)
+    cost = cost_usd(deps.catalog.models[target.model], usage)
+    count_attempt(m, target, "cancelled")
+    bill(m, event, usage, cost)
+    info = ErrorInfo(status=499, type="cancelled", code="cancelled", outcome="cancelled",
+                     message="the job was cancelled; its upstream call was cancelled")
+    failed = _failed(event, info, (time.perf_counter() - started) * 1000, usage, cost)
+    return msgspec.structs.replace(failed, after_end=True)
+
+
+def after_end_of(dispatch: AttemptDispatched, success: CompletionSucceeded, ended: Event) -> AttemptFailed:
+    """The billed record of ``dispatch``'s call that answered (``success``) after its request had ended
+    (``ended``: the terminal the stream holds)."""
+    status = getattr(type(ended), "status", "failed")
+    info = ErrorInfo(status=409, type="request_ended", code=f"request_{status}", outcome=status,
+                     message=f"the request was {status} before this answer came; the answer was discarded and its "
+                             f"cost billed")
+    return AttemptFailed(event_id=f"{dispatch.request_id}.attempt.{dispatch.attempt}.after_end",
+                         request_id=dispatch.request_id, ctx=dispatch.ctx, dispatch=dispatch, error=info,
+                         latency_ms=success.latency_ms, usage=success.response.usage, cost_usd=success.cost_usd,
+                         after_end=True)
+
+
 def count_attempt(m: Metrics, target: Target, outcome: str) -> None:
     """One provider call's outcome, per provider and per deployment."""
     m.attempts.labels(target.provider, outcome).inc()
@@ -319,7 +393,7 @@ async def stream_attempt(event: AttemptDispatched, delivery: Delivery, deps: Wor
             sent += 1
             await relay.send(event.ctx.origin, rid, ChunkMessage(
                 attempt=event.attempt, delivery=delivery.num_delivered, seq=sent, chunk=chunk, model=target.model,
-                cache=cache))
+                cache=cache, headers=response_headers(event.ctx, target.provider) if sent == 1 else None))
 
     m.in_flight.labels(target.provider).inc()
     try:

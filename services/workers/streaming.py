@@ -26,6 +26,7 @@ class _ChoiceState:
     text: list[str] = field(default_factory=list)
     tools: dict[int, dict] = field(default_factory=dict)
     finish_reason: str | None = None
+    logprobs: list[dict] | None = None  # the tokens' log probabilities, when the stream carried them
 
 
 class StreamAssembler:
@@ -55,6 +56,8 @@ class StreamAssembler:
                         slot["args"].append(tc.function.arguments)
             if c.finish_reason:
                 state.finish_reason = c.finish_reason
+            if c.logprobs and c.logprobs.get("content"):
+                state.logprobs = (state.logprobs or []) + list(c.logprobs["content"])
 
     def text(self) -> str:
         return "".join("".join(s.text) for s in self.choices.values())
@@ -76,7 +79,8 @@ class StreamAssembler:
             content = "".join(s.text) if s.text or not tool_calls else None
             choices.append(Choice(index=index, message=Message(role="assistant", content=content,
                                                                tool_calls=tool_calls),
-                                  finish_reason=s.finish_reason or "stop"))
+                                  finish_reason=s.finish_reason or "stop",
+                                  logprobs={"content": s.logprobs, "refusal": None} if s.logprobs else None))
         return ChatResponse(model=self.model, choices=choices, usage=self.usage_so_far())
 
 
@@ -104,8 +108,12 @@ def replay_chunks(response: ChatResponse) -> list[StreamChunk]:
         if not deltas:
             deltas.append(Delta(content=""))
         deltas[0].role = "assistant"
-        out.extend(StreamChunk(choices=[ChunkChoice(index=choice.index, delta=d)], model=response.model)
-                   for d in deltas)
+        # A replayed answer's log probabilities travel whole with its first increment (its pieces are the
+        # replay's, not the provider's tokens).
+        out.extend(StreamChunk(choices=[ChunkChoice(index=choice.index, delta=d,
+                                                    logprobs=choice.logprobs if i == 0 else None)],
+                               model=response.model)
+                   for i, d in enumerate(deltas))
         out.append(StreamChunk(choices=[ChunkChoice(index=choice.index, delta=Delta(),
                                                     finish_reason=choice.finish_reason or "stop")],
                                model=response.model))

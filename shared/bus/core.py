@@ -55,9 +55,9 @@ from shared.bus.contract import (
     delivery_of,
 )
 from shared.bus.credentials import connect_options, identity
-from shared.bus.natsfast import Replies, key_value, subscribe_direct
+from shared.bus.natsfast import NotSent, Replies, key_value, subscribe_direct
 from shared.bus.pull import PullLoop
-from shared.errors import Defer, ServiceUnavailable, SwitchyardError
+from shared.errors import Defer, NotAccepted, OutcomeUnknown, ServiceUnavailable, SwitchyardError
 from shared.events import STREAM_SUBJECTS, AnyEvent, Event, decoder, encoder
 from shared.settings import NatsSettings
 from shared.telemetry import Telemetry
@@ -93,6 +93,10 @@ class Bus:
         # The setting wins; unset, the process's shape decides (``busy_poll_s``, from bootstrap).
         us = settings.busy_poll_us
         self.poll = BusyPoll(us / 1e6 if us is not None else busy_poll_s)
+        # Moves on at every disconnection and reconnection: what was read under one value (a KV watch's
+        # index) is not known to be current under another (``shared.auth.KeyStore``).
+        self.epoch = 0
+        self._on_reconnect: list[Callable[[], None]] = []
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -106,8 +110,18 @@ class Bus:
                 refused.set_result(str(exc))
             await _log_error(exc)
 
+        async def on_disconnect() -> None:
+            self.epoch += 1
+
+        async def on_reconnect() -> None:
+            self.epoch += 1
+            for fn in list(self._on_reconnect):
+                fn()
+
         connecting = asyncio.ensure_future(nats.connect(
             self.settings.servers,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
             name=self.name,
             connect_timeout=self.settings.connect_timeout_s,
             max_reconnect_attempts=-1,
@@ -162,6 +176,10 @@ class Bus:
     def connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
 
+    def on_reconnect(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (synchronous, cheap) each time the connection is back after a loss."""
+        self._on_reconnect.append(fn)
+
     async def ensure_stream(self) -> None:
         """Create the event stream, or bring an existing one to the configured shape.
 
@@ -205,7 +223,7 @@ class Bus:
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=cs.ack_wait_s,
             max_deliver=cs.max_deliver,
-            max_ack_pending=max(cs.concurrency * 4, cs.batch * 2),
+            max_ack_pending=cs.max_ack_pending or max(cs.concurrency * 4, cs.batch * 2),
             max_waiting=512,
         )
         try:
@@ -252,11 +270,41 @@ class Bus:
 
     # ---- publishing -----------------------------------------------------------------------
 
-    async def publish_new(self, event: Event) -> PubAck:
-        """Publish a request's first event: refused at once (503, not accepted) while the stream is too full to
-        take new work, so what it holds can still move on (``shared.bus.capacity``)."""
+    async def publish_new(self, event: Event, attempts: int = 5) -> PubAck:
+        """Publish a request's first event, so that an answer of "not accepted" is true: the request never runs.
+
+        Refused at once (503, not accepted) while the stream is too full to take new work, so what it holds can
+        still move on (``shared.bus.capacity``). The publish never waits in nats-py's reconnect buffer: while
+        the connection is down it is not sent (``connected_only``), and one given up on unsent is withdrawn
+        (``natsfast.withdraw``), so it cannot go out when the connection comes back. ``NotAccepted`` when no
+        attempt left this process; ``OutcomeUnknown`` (the request id, its fate queryable) when one was sent
+        and never acknowledged: the stream may hold it (retries carry the same ``Nats-Msg-Id``, so at most one).
+        """
         self.capacity.check()
-        return await self.publish(event)
+        data = encoder.encode(event)
+        headers = self.telemetry.inject({"Nats-Msg-Id": event.event_id})
+        subject = event.subject()
+        sent = False
+        for i in range(attempts):
+            try:
+                return await self.replies.publish(subject, data, headers, self.settings.connect_timeout_s,
+                                                  connected_only=True)
+            except NotSent:
+                pass
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                sent = True  # on the wire (or in the socket's buffer) and unanswered: the stream may have it
+            except (nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
+                    nats.errors.OutboundBufferLimitError):
+                pass  # refused before it was stored
+            except APIError as exc:
+                if is_full(exc):
+                    raise full_error(self.settings.full_retry_after_s) from exc
+                raise
+            if i < attempts - 1:
+                await asyncio.sleep(min(1.0, 0.05 * 2**i))
+        if sent:
+            raise OutcomeUnknown(event.request_id)
+        raise NotAccepted(event.request_id)
 
     async def publish(self, event: Event, attempts: int = 5) -> PubAck:
         """Publish one event durably (PubAck awaited); retried publishes are de-duplicated by event id.

@@ -14,6 +14,11 @@ What this module relies on, beyond nats-py's public API:
     ``_wait_for_msgs_task``  the per-subscription task that reads the queue; cancelled
     ``_pending_size``        bytes counted in by the read loop before ``put_nowait``; ``_DirectQueue``
                              counts them out
+``nats.aio.client.Client._pending`` / ``_pending_data_size``
+    the outgoing buffer: commands wait there for the flusher and, while the client reconnects, until it is
+    connected again, when they all go out. ``withdraw`` takes a publish out again (found by the head nats-py's
+    ``pub_cmd``/``hpub_cmd`` give it: ``HPUB <subject> <reply> ``), so one its caller gave up on never goes
+    out later; ``is_connected`` says whether a publish would wait there
 ``nats.aio.client.Client._process_msg``
     adds a message's size to ``_pending_size`` and calls ``_pending_queue.put_nowait`` for a callback
     subscription (the read-loop behaviour ``subscribe_direct`` takes over)
@@ -113,6 +118,27 @@ async def subscribe_direct(nc: NATS, subject: str, fn: Callable[[Msg], None], qu
     return sub
 
 
+class NotSent(NatsTimeoutError):
+    """A request that never left this process: refused while disconnected, or withdrawn unsent on giving up."""
+
+
+def withdraw(nc: NATS, subject: str, reply: str) -> bool:
+    """Take a publish out of nats-py's outgoing buffer if it is still there; True when it was (never sent).
+
+    While the client reconnects, a publish waits in ``_pending`` and goes out once it is connected again, long
+    after its caller gave up on it. Taken out, it never goes out: a request the caller was told was not
+    accepted does not run later.
+    """
+    heads = (f"HPUB {subject} {reply} ".encode(), f"PUB {subject} {reply} ".encode())
+    pending = nc._pending
+    for i, cmd in enumerate(pending):
+        if cmd.startswith(heads):
+            del pending[i]
+            nc._pending_data_size -= len(cmd)
+            return True
+    return False
+
+
 class _PubAckReply(PubAck, frozen=True):
     error: dict | None = None
 
@@ -143,7 +169,17 @@ class Replies:
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
-    async def request(self, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float) -> Msg:
+    async def request(self, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float,
+                      connected_only: bool = False) -> Msg:
+        """Publish and wait for the reply.
+
+        ``connected_only`` (a request's first event, which a client is told was not accepted if this fails):
+        refused at once (``NotSent``) while the client is not connected, and when given up on (``timeout``)
+        while nats-py still holds it unsent, withdrawn (``NotSent``) so it never goes out later. Anything else
+        stays in nats-py's reconnect buffer and goes out once connected again: a stage's event sent late is
+        de-duplicated by its id and keeps what happened (a provider's answer) on the record."""
+        if connected_only and not self.nc.is_connected:
+            raise NotSent
         self._n += 1
         token = f"{self._n:x}"
         fut = asyncio.get_running_loop().create_future()
@@ -153,6 +189,8 @@ class Replies:
             async with asyncio.timeout(timeout):
                 msg = await fut
         except TimeoutError:
+            if connected_only and withdraw(self.nc, subject, self.prefix + token):
+                raise NotSent from None
             raise NatsTimeoutError from None
         finally:
             self._pending.pop(token, None)
@@ -160,9 +198,10 @@ class Replies:
             raise nats.errors.NoRespondersError
         return msg
 
-    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float) -> PubAck:
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float,
+                      connected_only: bool = False) -> PubAck:
         """A JetStream publish: the stream's acknowledgement, or the API's error raised as nats-py raises it."""
-        ack = _puback_decoder.decode((await self.request(subject, data, headers, timeout)).data)
+        ack = _puback_decoder.decode((await self.request(subject, data, headers, timeout, connected_only)).data)
         if ack.error is not None:
             APIError.from_error(ack.error)
         return PubAck(stream=ack.stream, seq=ack.seq, duplicate=ack.duplicate, domain=ack.domain)

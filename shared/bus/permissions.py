@@ -43,12 +43,20 @@ from shared.events import (
     DONE_ALL,
     JOB_ORIGIN,
     REQUESTED,
+    ADMIN_ACTIONS,
+    RPC_AUDIT_EVENTS,
     RPC_AUDIT_LEDGER,
+    RPC_AUDIT_REQUESTS,
+    RPC_AUDIT_STATS,
     RPC_AUDIT_TRACE,
+    BATCH,
+    LANES,
     attempt_subject,
     cancel_subject,
     chunk_subject,
     done_subject,
+    in_every_lane,
+    lane_subject,
 )
 from shared.state import buckets as b
 
@@ -56,7 +64,12 @@ OPERATOR = "operator"  # full access: the operator's tools, never a service
 ALL = "all"  # the user of a process that runs every target
 ANY_DURABLE = "*"  # a role whose durable names are not known in advance (``worker-<provider>``)
 _ANY_DONE = done_subject("*")
+_ANY_ATTEMPT = tuple(attempt_subject("*", lane) for lane in LANES)  # every provider's attempts, in each lane
 _BUDGET_EVENTS = (BUDGET_RESERVED, BUDGET_SETTLED, BUDGET_RELEASED, BUDGET_ALERT)
+# What the gateway alone keeps for the Responses and Batch APIs: stored responses, files, batches.
+_API_STATE = (b.CONVERSATIONS.name, b.FILES.name, b.BATCHES.name, b.IDEMPOTENCY.name)
+_AUDIT_RPCS = (RPC_AUDIT_TRACE, RPC_AUDIT_LEDGER, RPC_AUDIT_REQUESTS, RPC_AUDIT_STATS, RPC_AUDIT_EVENTS)
+AUDIT_EXPORT_DURABLE = "audit-export"  # the audit export's own consumer (services/audit/export.py), when configured
 
 
 @dataclass(frozen=True)
@@ -74,29 +87,39 @@ class Role:
     writes: tuple[str, ...] = ()  # KV buckets it writes (and may reconfigure)
     purges: tuple[str, ...] = ()  # KV buckets it may purge by subject
     keeps_stream: bool = False  # reconfigures the event stream and removes what every reader acknowledged
+    # Durables that exist only when configured (the audit export): the stream sweep waits for one while it exists,
+    # and does not hold events back for it while it does not.
+    optional: tuple[str, ...] = ()
 
 
 ROLES: dict[str, Role] = {r.name: r for r in (
-    Role("audit", durables={"audit": (ALL_EVENTS,)}, replays=True, serves=(RPC_AUDIT_TRACE, RPC_AUDIT_LEDGER),
+    Role("audit", durables={"audit": (ALL_EVENTS,), AUDIT_EXPORT_DURABLE: (ALL_EVENTS,)}, replays=True,
+         serves=_AUDIT_RPCS, optional=(AUDIT_EXPORT_DURABLE,),
          reads=(b.JOBS.name, b.QUEUES.name), writes=(b.JOBS.name, b.QUEUES.name), keeps_stream=True),
-    Role("policy", publishes=(ADMITTED, ADMITTED_ROUTED, _ANY_DONE, *_BUDGET_EVENTS),
-         durables={"policy": (REQUESTED,), "policy-settle": (DONE_ALL, ATTEMPT_FAILED)},
+    Role("policy", publishes=(*in_every_lane(ADMITTED), ADMITTED_ROUTED, _ANY_DONE, *_BUDGET_EVENTS),
+         durables={"policy": (REQUESTED,), "policy-batch": (lane_subject(REQUESTED, BATCH),),
+                   "policy-settle": (DONE_ALL, *in_every_lane(ATTEMPT_FAILED))},
          reads=(b.KEYS.name, b.TEAMS.name, b.BUDGETS.name, b.RATES.name, b.ADMISSIONS.name, b.PROMPTS.name),
          writes=(b.BUDGETS.name, b.RATES.name, b.ADMISSIONS.name)),
     # The router reads breakers (workers move them, operators force them) and writes its retry budgets.
-    Role("router", publishes=(attempt_subject("*"), _ANY_DONE), durables={"router": (ADMITTED, ATTEMPT_FAILED)},
-         reads=(b.HEALTH.name, b.BREAKERS.name), writes=(b.HEALTH.name,)),
-    Role("worker", publishes=(ATTEMPT_FAILED, ATTEMPT_ABANDONED, _ANY_DONE, chunk_subject("*", "*")),
-         subscribes=(cancel_subject("*"),), durables={ANY_DURABLE: (attempt_subject("*"),)},
-         reads=(b.JOBS.name, b.HEALTH.name, b.BREAKERS.name, b.CACHE.name),
-         writes=(b.HEALTH.name, b.BREAKERS.name, b.CACHE.name)),
+    Role("router", publishes=(*_ANY_ATTEMPT, _ANY_DONE),
+         durables={"router": (ADMITTED, ATTEMPT_FAILED),
+                   "router-batch": (lane_subject(ADMITTED, BATCH), lane_subject(ATTEMPT_FAILED, BATCH))},
+         reads=(b.HEALTH.name, b.BREAKERS.name, b.ATTEMPTS.name), writes=(b.HEALTH.name, b.ATTEMPTS.name)),
+    Role("worker", publishes=(*in_every_lane(ATTEMPT_FAILED), ATTEMPT_ABANDONED, _ANY_DONE,
+                              chunk_subject("*", "*")),
+         # worker-<provider> reads one provider's interactive lane, worker-<provider>-batch its batch lane.
+         subscribes=(cancel_subject("*"),), durables={ANY_DURABLE: _ANY_ATTEMPT},
+         reads=(b.JOBS.name, b.HEALTH.name, b.BREAKERS.name, b.CACHE.name, b.ATTEMPTS.name),
+         writes=(b.HEALTH.name, b.BREAKERS.name, b.CACHE.name, b.ATTEMPTS.name)),
     # The gateway publishes requests, and the one terminal a client may cause itself (a job's cancellation).
-    Role("gateway", publishes=(REQUESTED, CANCEL_REQUESTED, done_subject(JOB_ORIGIN), cancel_subject("*"),
-                               RPC_AUDIT_TRACE, RPC_AUDIT_LEDGER),
+    Role("gateway", publishes=(*in_every_lane(REQUESTED), CANCEL_REQUESTED, done_subject(JOB_ORIGIN), cancel_subject("*"),
+                               ADMIN_ACTIONS, *_AUDIT_RPCS),
          subscribes=(_ANY_DONE, chunk_subject("*", "*")),
          reads=(b.KEYS.name, b.TEAMS.name, b.BUDGETS.name, b.RATES.name, b.JOBS.name, b.HEALTH.name,
-                b.BREAKERS.name, b.QUEUES.name, b.PROMPTS.name, b.CACHE.name),
-         writes=(b.KEYS.name, b.TEAMS.name, b.JOBS.name, b.BREAKERS.name, b.QUEUES.name, b.PROMPTS.name),
+                b.BREAKERS.name, b.QUEUES.name, b.PROMPTS.name, b.CACHE.name, *_API_STATE),
+         writes=(b.KEYS.name, b.TEAMS.name, b.JOBS.name, b.BREAKERS.name, b.QUEUES.name, b.PROMPTS.name,
+                 *_API_STATE),
          purges=(b.CACHE.name,)),
 )}
 ORDER: tuple[str, ...] = tuple(ROLES)
@@ -203,6 +226,8 @@ def _consumer_api(stream: str, durable: str, filters: Sequence[str], replays: bo
     # The filter is part of the create subject when there is one: the role cannot point its consumer elsewhere.
     create = [f"{c}.CREATE.{stream}.{durable}.{filters[0]}"] if len(filters) == 1 else \
         [f"{c}.CREATE.{stream}.{durable}"]
+    if durable == ANY_DURABLE:  # consumers named at run time, each filtering on one of these subjects
+        create = [f"{c}.CREATE.{stream}.{durable}.{f}" for f in filters]
     out = create + [f"{c}.INFO.{stream}.{durable}", f"{c}.MSG.NEXT.{stream}.{durable}",
                     f"$JS.ACK.{stream}.{durable}.>"]
     if replays:

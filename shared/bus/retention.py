@@ -23,6 +23,9 @@ call a round, nothing per message) removes them then:
 - a subject that some role reads (``shared.bus.permissions.ROLES``) but none of
   that role's consumers reads yet is left alone: it is accepted work waiting for
   its reader (a provider whose worker has not started);
+- an optional consumer (the audit export's, ``Role.optional``) holds events back
+  like any other while it exists: what it has not exported is never purged; when
+  it is not configured there is no such consumer and nothing waits for it;
 - nats-server moves the read position of a consumer whose filter lies inside a
   purged subject to that subject's first remaining event, which for a consumer
   with several filters would skip its other filters' events: such subjects
@@ -114,6 +117,8 @@ def waiting_for_reader(subject: str, readers: Iterable[Reader]) -> bool:
         for durable, filters in role.durables.items():
             if not any(subject_matches(f, subject) for f in filters):
                 continue
+            if durable in role.optional:
+                continue  # exists only when configured; while it exists, its floor holds the stream like any other
             mine = [r for r in readers if (r.name == durable if durable != ANY_DURABLE else r.name not in named)]
             if not any(r.reads(subject) for r in mine):
                 return True

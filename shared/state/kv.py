@@ -34,6 +34,7 @@ from nats.js.kv import KeyValue
 
 from shared.bus import NO_MESSAGE
 from shared.errors import ServiceUnavailable
+from shared.ids import SAFE_REQUEST_ID, check_name
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -88,6 +89,45 @@ async def kv_get(kv: KeyValue | None, key: str, what: str = "store") -> KeyValue
         raise ServiceUnavailable(f"the {what} is unavailable") from exc
     except Exception as exc:  # noqa: BLE001 - timeouts, no responders, a closed connection
         raise ServiceUnavailable(f"the {what} is unavailable") from exc
+
+
+def tenant_key(tenant: str, ident: str) -> str | None:
+    """``<tenant>.<id>``, the key of a tenant's record: another tenant's id can never name it. None for an id that
+    cannot be one (a client's path segment): such a record is simply not found."""
+    if not SAFE_REQUEST_ID.match(ident):
+        return None
+    return f"{check_name(tenant, 'tenant')}.{ident}"
+
+
+async def write(kv: KeyValue | None, key: str, data: bytes, what: str = "store") -> None:
+    """Write ``key`` whatever is there (a record only its creator writes); ServiceUnavailable when the bucket
+    cannot be reached."""
+    if kv is None:
+        raise ServiceUnavailable(f"the {what} is not configured")
+    try:
+        await kv.put(key, data)
+    except Exception as exc:  # noqa: BLE001 - a timeout, a lost connection, a value over the server's limit
+        raise ServiceUnavailable(f"the {what} is unavailable") from exc
+
+
+async def keys_matching(kv: KeyValue | None, pattern: str, what: str = "store") -> list[str]:
+    """The keys that match ``pattern`` (``*``/``>`` wildcards), as stored now. The server filters by subject, so
+    a tenant's listing (``<tenant>.*``) never reads another tenant's keys."""
+    if kv is None:
+        raise ServiceUnavailable(f"the {what} is not configured")
+    keys: list[str] = []
+    try:
+        watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=True)
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of what is stored now
+                    break
+                keys.append(entry.key)
+        finally:
+            await watcher.stop()
+    except Exception as exc:  # noqa: BLE001 - a timeout, a lost connection
+        raise ServiceUnavailable(f"the {what} is unavailable") from exc
+    return keys
 
 
 async def read(kv: KeyValue | None, key: str, codec: Codec[T], what: str = "store") -> T | None:

@@ -25,7 +25,7 @@ from nats.js.kv import KeyValue
 
 from shared.errors import ServiceUnavailable
 from shared.ids import check_name
-from shared.state.kv import Codec, cas, create, read
+from shared.state.kv import Codec, cas, create, keys_matching, read
 
 WHAT = "prompt store"
 VariableType = Literal["string", "integer", "number", "boolean"]
@@ -164,22 +164,7 @@ class PromptStore:
                          timeout_s=self.cas_timeout_s, what=WHAT)
 
     async def list(self, tenant: str) -> list[TemplateHead]:
-        if self.kv is None:
-            raise ServiceUnavailable(f"the {WHAT} is not configured")
-        keys = []
-        try:
-            # Only this tenant's heads: the server filters by subject, no other tenant's key is listed.
-            watcher = await self.kv.watch(f"{check_name(tenant, 'tenant')}.*.head", ignore_deletes=True,
-                                          meta_only=True)
-            try:
-                async for entry in watcher:
-                    if entry is None:  # the end of what is stored now
-                        break
-                    keys.append(entry.key)
-            finally:
-                await watcher.stop()
-        except Exception as exc:  # noqa: BLE001 - a timeout, a lost connection
-            raise ServiceUnavailable(f"the {WHAT} is unavailable") from exc
+        keys = await keys_matching(self.kv, f"{check_name(tenant, 'tenant')}.*.head", WHAT)  # only this tenant's
         out = []
         for key in sorted(keys):
             head = await read(self.kv, key, self.heads, WHAT)

@@ -125,12 +125,14 @@ def test_keda_scales_every_consumer_on_its_lag(rendered):
     consumers = {t["metadata"]["consumer"] for so in scaled.values() for t in so["spec"]["triggers"]
                  if t["type"] == "nats-jetstream"}
     from services.audit.service import DURABLE as AUDIT
-    from services.policy.service import DURABLE as POLICY, SETTLE_DURABLE
-    from services.router.service import DURABLE as ROUTER
+    from services.policy.service import BATCH_DURABLE as POLICY_BATCH, DURABLE as POLICY, SETTLE_DURABLE
+    from services.router.service import BATCH_DURABLE as ROUTER_BATCH, DURABLE as ROUTER
     from services.workers.service import durable
+    from shared.events import LANES
 
     providers = values_of(CHART / "ci" / "keda-values.yaml")["workers"]["providers"]
-    assert consumers == {AUDIT, POLICY, SETTLE_DURABLE, ROUTER, *(durable(p) for p in providers)}
+    assert consumers == {AUDIT, POLICY, POLICY_BATCH, SETTLE_DURABLE, ROUTER, ROUTER_BATCH,
+                         *(durable(p, lane) for p in providers for lane in LANES)}
     # The gateway consumes nothing: it keeps a CPU HPA.
     hpas = {h["spec"]["scaleTargetRef"]["name"] for h in by_kind(docs, "HorizontalPodAutoscaler")}
     assert hpas == {"sy-switchyard-gateway"}

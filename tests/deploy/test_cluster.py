@@ -46,6 +46,8 @@ class Load:
     sync: list[tuple[float, float, int, str | None]] = field(default_factory=list)  # sent, done, status, rid
     jobs: list[str] = field(default_factory=list)  # accepted (202)
     job_refusals: Counter = field(default_factory=Counter)
+    # 503s that say the request was not acknowledged: request id -> not_accepted (never runs) / outcome_unknown
+    unacknowledged: dict[str, str] = field(default_factory=dict)
 
     def successes(self) -> list[float]:
         return sorted(done for _, done, status, _ in self.sync if status == 200)
@@ -68,6 +70,9 @@ async def run_load(http: httpx.AsyncClient, load: Load, stop: asyncio.Event) -> 
             try:
                 r = await http.post("/v1/chat/completions", json=body(), headers={"x-switchyard-timeout": "60"})
                 status, rid = r.status_code, r.headers.get("x-request-id")
+                code = (r.json().get("error") or {}).get("code") if status == 503 else None
+                if rid and code in ("not_accepted", "outcome_unknown"):
+                    load.unacknowledged[rid] = code
             except httpx.HTTPError:
                 status, rid = 0, None
                 await asyncio.sleep(0.05)
@@ -150,8 +155,11 @@ async def test_stream_leader_killed_under_load_loses_nothing(tmp_path: Path):
             await eventually(lambda: cluster.nats.node(leader).jetstream_ready(), timeout=30,
                              message="the restarted node did not rejoin")
 
-            accepted_sync = [rid for _, _, _, rid in load.sync if rid]
+            accepted_sync = [rid for _, _, _, rid in load.sync if rid and rid not in load.unacknowledged]
             sync_states = await terminal_states(http, accepted_sync, "/v1/requests/{}", timeout=90)
+            # Answered "not acknowledged": by now (every accepted request has ended) each either ran to an end
+            # or never reached the stream; "not accepted" must never have run.
+            unacked_states = await terminal_states(http, list(load.unacknowledged), "/v1/requests/{}", timeout=2)
             job_states = await terminal_states(http, load.jobs, "/v1/jobs/{}", timeout=120)
             rows = await ledger_rows(cluster.database_url)
 
@@ -163,6 +171,7 @@ async def test_stream_leader_killed_under_load_loses_nothing(tmp_path: Path):
                 "killed": leader, "new_leader": new_leader, "election_s": round(elected_s, 2),
                 "longest_gap_without_a_200_s": round(gap, 2), "slowest_200_s": round(worst, 2),
                 "sync_requests": len(load.sync), "sync_statuses": dict(statuses),
+                "sync_unacknowledged": dict(Counter(load.unacknowledged.values())),
                 "jobs_accepted": len(load.jobs), "jobs_refused": dict(load.job_refusals),
                 "jobs_completed": sum(1 for s in job_states.values() if s == "completed"),
                 "ledger_rows": sum(rows.values()),
@@ -173,6 +182,11 @@ async def test_stream_leader_killed_under_load_loses_nothing(tmp_path: Path):
             lost_sync = [r for r in accepted_sync if r not in sync_states]
             assert not lost_jobs, f"{len(lost_jobs)} accepted jobs never ended: {lost_jobs[:5]}"
             assert not lost_sync, f"{len(lost_sync)} accepted completions never ended: {lost_sync[:5]}"
+            ran = [rid for rid, code in load.unacknowledged.items() if code == "not_accepted"
+                   and (rid in unacked_states or rid in rows)]
+            assert not ran, f"answered not_accepted, yet ran: {ran[:5]}"
+            half_run = [rid for rid in load.unacknowledged if rid not in unacked_states and rid in rows]
+            assert not half_run, f"answered outcome_unknown, billed, but no terminal state: {half_run[:5]}"
             assert Counter(job_states.values()) == Counter({"completed": len(load.jobs)}), Counter(job_states.values())
             duplicated = {rid: n for rid, n in rows.items() if n > 1}
             assert not duplicated, f"requests billed more than once: {duplicated}"

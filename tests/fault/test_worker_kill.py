@@ -10,32 +10,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from shared.natsd import NatsServer, free_port
+from tests.support.invariants import final_job_states, tally
 from tests.support.procs import ServiceProcess, wait_http_ready
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.fault
 KEY = "sk-fault-admin"
 JOBS = 200
-TERMINAL = {"completed", "failed", "cancelled", "expired"}
-
-
-@dataclass
-class Tally:
-    """What the invariant checker counts."""
-
-    submitted: int
-    terminal: int
-    lost: int
-    duplicated_ledger_rows: int
-    billed: int
-    completed: int
 
 
 async def submit_jobs(http: httpx.AsyncClient, n: int) -> list[str]:
@@ -48,39 +35,8 @@ async def submit_jobs(http: httpx.AsyncClient, n: int) -> list[str]:
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-async def final_states(http: httpx.AsyncClient, ids: list[str], timeout: float) -> dict[str, dict]:
-    """The jobs that reached a terminal state within ``timeout`` (all of them, unless some were lost)."""
-    states: dict[str, dict] = {}
-
-    async def all_ended() -> bool:
-        pending = [i for i in ids if i not in states]
-        bodies = await asyncio.gather(*(http.get(f"/v1/jobs/{i}") for i in pending))
-        for job_id, r in zip(pending, bodies):
-            if r.status_code == 200 and r.json()["status"] in TERMINAL:
-                states[job_id] = r.json()
-        return len(states) == len(ids)
-
-    try:
-        await eventually(all_ended, timeout=timeout, interval=0.25)
-    except AssertionError:
-        pass  # the tally counts the jobs that never ended
-    return states
-
-
 async def billed_rows(http: httpx.AsyncClient) -> int:
     return len((await http.get("/v1/ledger", params={"model": "fault-1", "limit": 1000})).json()["data"])
-
-
-def tally(ids: list[str], states: dict[str, dict], ledger_rows: list[dict]) -> Tally:
-    per_request = Counter(row["request_id"] for row in ledger_rows if row["request_id"] in set(ids))
-    return Tally(
-        submitted=len(ids),
-        terminal=len(states),
-        lost=len(ids) - len(states),
-        duplicated_ledger_rows=sum(c - 1 for c in per_request.values() if c > 1),
-        billed=len(per_request),
-        completed=sum(1 for s in states.values() if s["status"] == "completed"),
-    )
 
 
 def nice_of(pid: int) -> int:
@@ -121,9 +77,9 @@ async def test_worker_sigkill_mid_flight_loses_nothing(tmp_path: Path):
             await asyncio.sleep(1.0)
             worker.start()
 
-            states = await final_states(http, ids, timeout=90)
+            states = await final_job_states(http, ids, timeout=90)
             ledger = (await http.get("/v1/ledger", params={"model": "fault-1", "limit": 1000})).json()
-            t = tally(ids, states, ledger["data"])
+            t = tally(ids, {i: s["status"] for i, s in states.items()}, ledger["data"])
             print(f"\nfault tally: {t}")
             assert t.lost == 0, f"{t.lost} jobs never reached a terminal state"
             assert t.terminal == t.submitted

@@ -152,10 +152,18 @@ async def test_cancelled_and_expired_requests_release(cluster):
     async def released():
         b = await budget(http, "release")
         return b if b["open_reservations"] == 0 else None
-    b = await eventually(released, timeout=15)
-    assert b["periods"]["daily"]["spent_usd"] == 0
+    await eventually(released, timeout=15)
     trace = await eventually(lambda: _trace_with(http, job.json()["id"], "released"))
-    assert trace["budget"][-1]["reason"] == "cancelled"
+    assert [e["reason"] for e in trace["budget"] if e["event"] == "released"] == ["cancelled"]
+
+    # The provider call running when the job was cancelled is billed (issue 17): its cost, and nothing else, is
+    # spent (0 when the cancel came before the call started).
+    async def spent_what_was_billed():
+        job_trace = (await http.get(f"/v1/requests/{job.json()['id']}")).json()
+        spent = (await budget(http, "release"))["periods"]["daily"]["spent_usd"]
+        ended = all(a["outcome"] != "dispatched" for a in job_trace["attempts"])
+        return ended and spent == pytest.approx(job_trace["cost_usd"], abs=1e-9)
+    await eventually(spent_what_was_billed, timeout=10)
     trace = await eventually(lambda: _trace_with(http, r.headers["x-request-id"], "released"))
     assert trace["budget"][-1]["reason"] == "expired"
 

@@ -1,17 +1,19 @@
 """Finding 9: one tenant's flood must not starve another tenant, and must meet 429s, not 503s.
 
 The attack: tenant ``default`` (one member key) submits 400 jobs at once; tenant ``tenant-b`` sends
-synchronous requests, which land in the stream behind the flood. To make that backlog certain on any
-machine, the flood (and then tenant-b's requests) are accepted while admission is down — as after a policy
-restart, or whenever a flood arrives faster than admission drains it — and admission then starts.
+synchronous requests after them. To make that backlog certain on any machine, the flood (and then tenant-b's
+requests) are accepted while admission is down — as after a policy restart, or whenever a flood arrives faster
+than admission drains it — and admission then starts. Jobs and interactive requests travel in separate lanes
+(issue 17: ``sy.evt.requested.batch`` read by ``policy-batch``, and so on through router and workers), so
+tenant-b's requests wait in their own lane, not behind the flood.
 
 Safe outcome:
 
 - tenant-b is admitted without waiting for the flood: each of its admissions (watched on the bus) comes
-  while most of the flood is still waiting (fair admission, ``services/policy/fairness.py``: a tenant holds
-  at most its share of policy's in-flight window while others' requests wait behind it), and its median
-  latency, from admission's first decision, stays within a bound set by its own idle latency measured in
-  the same test;
+  while most of the flood is still waiting (its own lane; within a lane, fair admission,
+  ``services/policy/fairness.py``, holds a tenant to its share of policy's in-flight window), and its median
+  latency, from admission's first decision, stays within a small bound of its own idle latency measured in
+  the same test (the lanes run on through router and workers: nothing of the flood is ahead of it there);
 - the flooding key meets the default per-key quota (``SWITCHYARD_POLICY__QUOTAS__KEY_RPM``; 100 here, so a
   400-job flood exceeds it): the jobs beyond it fail with 429 ``rate_limit_exceeded``, none with a 503.
 """
@@ -28,7 +30,7 @@ import nats
 import pytest
 
 from services.policy.settings import PolicySettings, QuotaSettings
-from shared.events import ADMITTED, DONE_ALL, RequestAdmitted, RequestDenied, decoder
+from shared.events import ADMITTED, BATCH, DONE_ALL, RequestAdmitted, RequestDenied, decoder, lane_subject
 from shared.natsd import NatsServer
 from tests.support.system import MEMBER_KEY, OTHER_TENANT_KEY, make_settings, start_replica, start_system
 from tests.support.wait import eventually
@@ -68,7 +70,7 @@ async def stack(tmp_path_factory):
     gateway = await start_system(settings, targets="gateway")
     watcher = await nats.connect(**server.connect_options())
     decisions = Decisions()
-    for subject in (ADMITTED, ADMITTED + ".>", DONE_ALL):
+    for subject in (ADMITTED, lane_subject(ADMITTED, BATCH), ADMITTED + ".routed", DONE_ALL):
         await watcher.subscribe(subject, cb=decisions.on_msg)
     yield gateway, settings, decisions, watcher
     await watcher.close()
@@ -97,15 +99,16 @@ async def test_a_flood_from_one_tenant_neither_delays_another_nor_meets_503s(sta
         idle_p50 = statistics.median(t for t, _ in idle)
         await pipeline.stop()
 
-        # The flood is accepted while admission is down, and tenant-b's requests queue up behind all of it.
+        # The flood is accepted while admission is down, then tenant-b's requests: each waits in its lane.
         accepted = await asyncio.gather(*(flooder.post("/v1/jobs", json=BODY) for _ in range(FLOOD)))
         assert [r.status_code for r in accepted] == [202] * FLOOD
         sent = [asyncio.ensure_future(quiet.post("/v1/chat/completions", json=BODY)) for _ in range(QUIET)]
         js = watcher.jetstream()
 
         async def queued() -> bool:
-            info = await js.consumer_info(settings.nats.stream, "policy")
-            return info.num_pending >= FLOOD + QUIET
+            interactive = await js.consumer_info(settings.nats.stream, "policy")
+            batch = await js.consumer_info(settings.nats.stream, "policy-batch")
+            return interactive.num_pending >= QUIET and batch.num_pending >= FLOOD
 
         await eventually(queued, timeout=30, message="tenant-b's requests did not reach the stream")
 
@@ -126,12 +129,11 @@ async def test_a_flood_from_one_tenant_neither_delays_another_nor_meets_503s(sta
         # tenant-b did not wait for the flood: it was admitted while most of the flood still waited.
         assert FLOOD - max(flood_before) >= FLOOD / 2, (
             f"tenant-b's last request was admitted after {max(flood_before)} of the flood's {FLOOD} decisions")
-        # The admission order above is the precise claim. The latency also crosses the router and the workers,
-        # which stay first-in-first-out behind the admitted part of the flood (separate lanes are the
-        # reliability issue's), and on a loaded 2-core CI machine that part varies: the bound says "not stuck
-        # behind the flood", with a floor that absorbs the machine's noise.
+        # The latency crosses router and workers too, in the interactive lane, where nothing of the flood is
+        # ahead of it; the flood's own lane runs beside it in the same processes, so the bound allows for the
+        # CPU they share on a loaded 2-core machine (it was 2 s while router and workers were first-in-first-out).
         busy_p50 = statistics.median(latencies)
-        assert busy_p50 <= max(2.0, 25 * idle_p50), (busy_p50, idle_p50)
+        assert busy_p50 <= max(0.5, 5 * idle_p50), (busy_p50, idle_p50)
 
         # The flood met the default quota: 429s, never a 503.
         await eventually(lambda: decisions.count("default") >= FLOOD, timeout=60, interval=0.05)

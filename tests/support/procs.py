@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 class ServiceProcess:
     """``python -m services --target <target>`` in its own process group, with its log in a file."""
 
-    def __init__(self, target: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, target: str, env: dict[str, str], log_dir: Path, name: str | None = None) -> None:
         self.target = target
         self.env = {**os.environ, **env}
-        self.log_path = log_dir / f"{target.replace(':', '_').replace(',', '+')}.log"
+        # ``name``: the log's name when several processes run one target (two gateways)
+        self.log_path = log_dir / f"{(name or target).replace(':', '_').replace(',', '+')}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "ServiceProcess":

@@ -12,6 +12,9 @@ import pytest
 from services.audit.service import DURABLE as AUDIT_DURABLE
 from services.policy.service import DURABLE as POLICY_DURABLE
 from services.policy.service import SETTLE_DURABLE, SETTLE_SUBJECTS
+from services.policy.service import BATCH_DURABLE as POLICY_BATCH_DURABLE
+from services.router.service import BATCH_DURABLE as ROUTER_BATCH_DURABLE
+from services.router.service import BATCH_SUBJECTS as ROUTER_BATCH_SUBJECTS
 from services.router.service import DURABLE as ROUTER_DURABLE
 from services.router.service import SUBJECTS as ROUTER_SUBJECTS
 from services.targets import ALL as TARGETS
@@ -20,7 +23,7 @@ from services.workers.service import durable as worker_durable
 from shared.bus import Bucket
 from shared.bus.permissions import ALL, ANY_DURABLE, OPERATOR, ROLES, Access, permissions, render_authorization, \
     role_name, roles_of, users
-from shared.events import REQUESTED
+from shared.events import LANES, REQUESTED
 from shared.state import buckets
 
 
@@ -32,11 +35,14 @@ def test_every_target_has_a_role_and_every_role_a_target():
 
 
 def test_the_durables_in_the_table_are_the_services_own():
-    assert ROLES["audit"].durables == {AUDIT_DURABLE: ("sy.evt.>",)}
-    assert ROLES["policy"].durables == {POLICY_DURABLE: (REQUESTED,), SETTLE_DURABLE: SETTLE_SUBJECTS}
-    assert ROLES["router"].durables == {ROUTER_DURABLE: ROUTER_SUBJECTS}
+    assert ROLES["audit"].durables == {AUDIT_DURABLE: ("sy.evt.>",), "audit-export": ("sy.evt.>",)}
+    assert ROLES["audit"].optional == ("audit-export",)  # the audit export's, when configured
+    assert ROLES["policy"].durables == {POLICY_DURABLE: (REQUESTED,), POLICY_BATCH_DURABLE: (f"{REQUESTED}.batch",),
+                                        SETTLE_DURABLE: SETTLE_SUBJECTS}
+    assert ROLES["router"].durables == {ROUTER_DURABLE: ROUTER_SUBJECTS, ROUTER_BATCH_DURABLE: ROUTER_BATCH_SUBJECTS}
     assert list(ROLES["worker"].durables) == [ANY_DURABLE]
-    assert worker_durable("openai") not in {d for r in ROLES.values() for d in r.durables}  # reached by "*"
+    for lane in LANES:  # reached by "*"
+        assert worker_durable("openai", lane) not in {d for r in ROLES.values() for d in r.durables}
 
 
 def test_every_bucket_has_an_owner():

@@ -70,6 +70,6 @@ def test_the_route_table_marks_exactly_the_hot_endpoints():
     table = route_table(Anything())
     assert {(r.method, r.path) for r in table if r.hot} == {
         ("POST", "/v1/chat/completions"), ("POST", "/v1/messages"), ("POST", "/v1/embeddings"),
-        ("POST", "/v1/jobs"), ("GET", "/v1/jobs/{job_id}")}
+        ("POST", "/v1/completions"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/{job_id}")}
     assert len({(r.method, r.path) for r in table}) == len(table)  # one handler per method and path
     HotPaths(FastAPI(), table)  # every hot route has a shape the fast dispatch can match

@@ -255,10 +255,10 @@ def refuse_function_role(provider: str, request: ChatRequest) -> None:
             raise refuse(provider, f"messages[{i}].role", "the legacy 'function' role; use tool messages")
 
 
-def refuse_logprobs(request: ChatRequest) -> None:
-    """Providers that have log probabilities still cannot return them: the canonical response has no place."""
+def refuse_logprobs(provider: str, request: ChatRequest) -> None:
+    """For a dialect whose log probabilities are not translated into the canonical (OpenAI) shape."""
     if is_set("logprobs", request.logprobs) or is_set("top_logprobs", request.top_logprobs):
-        raise InvalidRequest("logprobs cannot be returned through Switchyard", param="logprobs")
+        raise refuse(provider, "logprobs", "its log probabilities are not translated to OpenAI's shape")
 
 
 def decode_arguments(provider: str, arguments: str | None, param: str) -> dict[str, Any]:

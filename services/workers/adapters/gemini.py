@@ -145,7 +145,7 @@ def generate_body(provider: str, request: ChatRequest) -> dict[str, Any]:
     """The canonical request as a Gemini ``GenerateContentRequest``."""
     refuse_function_role(provider, request)
     refuse_unsupported(provider, request, _UNSUPPORTED)
-    refuse_logprobs(request)
+    refuse_logprobs(provider, request)
     if request.parallel_tool_calls is False and request.tools:
         raise refuse(provider, "parallel_tool_calls", "turning parallel function calls off")
     system: list[dict[str, Any]] = []

@@ -1,6 +1,11 @@
 """The built-in deterministic provider: the same request always gets the same answer, chunks and vectors.
 
-Used when no provider key is configured, by tests and by demos. Its embeddings
+Used when no provider key is configured, by tests and by demos. It honours
+what clients ask of a chat model (``mock_chat``): tools and ``tool_choice``
+(a call whose arguments are valid against the tool's schema; after a tool
+result, a plain answer), ``response_format`` (JSON, valid against a given
+schema), ``n``, ``stop``, the output cap (counted in the pieces it streams),
+``logprobs``/``top_logprobs``; what it cannot honour is refused with a 400. Its embeddings
 put similar texts close together (hashed words, trigrams and bigrams), so the
 semantic cache can be exercised without a model. Latency and
 failures can be injected per provider (catalog ``options``: ``latency_ms``,
@@ -25,15 +30,14 @@ from typing import Any, AsyncIterator
 import msgspec
 
 from services.workers.adapters.base import DEFAULT_EMBED_DIMENSIONS, classify, refuse, stream_cut
+from services.workers.adapters.mock_chat import Answer, answer
 from shared.canonical import (
     ChatRequest,
     ChatResponse,
-    Choice,
     ChunkChoice,
     Delta,
     EmbeddingRequest,
     EmbeddingResponse,
-    Message,
     StreamChunk,
     Usage,
     estimate_prompt_tokens,
@@ -46,13 +50,13 @@ _WORDS = ("switchyard routes every request along the right track with care speed
           "what happened and what it cost").split()
 
 
-def reply_for(request: ChatRequest) -> tuple[str, int]:
-    """Deterministic reply text and completion-token count for a request."""
-    digest = hashlib.sha256(msgspec.json.encode(request.messages) + request.model.encode()).digest()
-    cap = request.output_cap() or 64
-    n = min(cap, 8 + digest[0] % 24)
+def reply_for(request: ChatRequest, choice: int = 0) -> str:
+    """Deterministic reply text (before ``stop`` and the output cap) for one choice of a request."""
+    digest = hashlib.sha256(msgspec.json.encode(request.messages) + request.model.encode()
+                            + (f":{choice}".encode() if choice else b"")).digest()
+    n = 8 + digest[0] % 24
     words = [_WORDS[(digest[i % len(digest)] + i) % len(_WORDS)] for i in range(n)]
-    return "Mock reply: " + " ".join(words) + ".", n
+    return "Mock reply: " + " ".join(words) + "."
 
 
 def _hashed(text: str, dimensions: int) -> list[float]:
@@ -148,38 +152,36 @@ class MockAdapter:
             headers = {"retry-after": str(hints["retry_after"])} if "retry_after" in hints else {}
             raise classify(self.spec.name, int(status), f"mock failure {status}", headers)
 
-    def _answer(self, request: ChatRequest, hints: dict[str, Any]) -> tuple[str, Usage, str]:
-        text, n = reply_for(request)
-        text = hints.get("content", text)
-        finish = "stop" if n < (request.output_cap() or 10**9) else "length"
-        return text, Usage(prompt_tokens=estimate_prompt_tokens(request), completion_tokens=n), finish
+    def _answers(self, request: ChatRequest, hints: dict[str, Any]) -> tuple[list[Answer], Usage]:
+        answers = answer(self.spec.name, request, reply_for, hints.get("content"))
+        usage = Usage(prompt_tokens=estimate_prompt_tokens(request),
+                      completion_tokens=sum(len(a.tokens) for a in answers))
+        return answers, usage
 
     async def complete(self, request: ChatRequest, target: Target, timeout_s: float) -> ChatResponse:
         hints = self._hints(request)
+        answers, usage = self._answers(request, hints)  # a request it cannot honour is refused before any wait
         await self._before(hints)
-        text, usage, finish = self._answer(request, hints)
-        return ChatResponse(model=target.upstream_model,
-                            choices=[Choice(index=0, message=Message(role="assistant", content=text),
-                                            finish_reason=finish)],  # type: ignore[arg-type]
-                            usage=usage)
+        return ChatResponse(model=target.upstream_model, choices=[a.choice() for a in answers], usage=usage)
 
     async def stream(self, request: ChatRequest, target: Target, timeout_s: float) -> AsyncIterator[StreamChunk]:
         hints = self._hints(request)
+        answers, usage = self._answers(request, hints)
         await self._before(hints)
-        text, usage, finish = self._answer(request, hints)
         delay = float(hints.get("chunk_delay_ms", 0)) / 1000
         cut_after = hints.get("cut_after")
         model = target.upstream_model
-        words = text.split(" ")
-        for i, word in enumerate(words):
-            if cut_after is not None and i >= int(cut_after):
-                raise stream_cut(self.spec.name, f"broke off after {i} chunks (injected)")
-            if delay > 0 and i:
-                await asyncio.sleep(delay)
-            delta = Delta(role="assistant", content=word) if i == 0 else Delta(content=" " + word)
-            yield StreamChunk(choices=[ChunkChoice(index=0, delta=delta)], model=model)
-        yield StreamChunk(choices=[ChunkChoice(index=0, delta=Delta(), finish_reason=finish)],  # type: ignore
-                          model=model)
+        sent = 0
+        for a in answers:
+            for delta, logprobs in a.deltas():
+                if cut_after is not None and sent >= int(cut_after):
+                    raise stream_cut(self.spec.name, f"broke off after {sent} chunks (injected)")
+                if delay > 0 and sent:
+                    await asyncio.sleep(delay)
+                sent += 1
+                yield StreamChunk(choices=[ChunkChoice(index=a.index, delta=delta, logprobs=logprobs)], model=model)
+            yield StreamChunk(choices=[ChunkChoice(index=a.index, delta=Delta(),  # type: ignore[arg-type]
+                                                   finish_reason=a.finish)], model=model)
         yield StreamChunk(usage=usage, model=model)
 
     async def embed(self, request: EmbeddingRequest, target: Target, timeout_s: float) -> EmbeddingResponse:

@@ -7,8 +7,8 @@ three translations: Switchyard's own fields are removed; for OpenAI itself
 former, every chat model accepts the latter); for other servers the
 ``developer`` role becomes ``system`` (their chat templates know only
 system/user/assistant/tool) and OpenAI's stored-completion ``metadata`` is
-not sent to them. ``logprobs`` is refused: the canonical response cannot carry
-log probabilities back. Streams always ask for the final usage chunk
+not sent to them. ``logprobs``/``top_logprobs`` pass through and the answer's
+log probabilities come back on each choice (and each stream increment). Streams always ask for the final usage chunk
 (``stream_options.include_usage``); a server that never sends one (option
 ``stream_usage: false``) gets an estimate so nothing streams unbilled.
 
@@ -27,7 +27,6 @@ from services.workers.adapters.base import (
     SSEEvent,
     UpstreamRequest,
     estimated_usage,
-    refuse_logprobs,
     stream_cut,
     stream_error,
 )
@@ -103,6 +102,7 @@ class _WireChoice(msgspec.Struct):
     message: _WireMessage | None = None
     delta: _WireMessage | None = None
     finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class _WireResponse(msgspec.Struct):
@@ -179,7 +179,8 @@ def parse_body(data: bytes, target: Target, provider: str = "openai", table: dic
         m = c.message or _WireMessage()
         choices.append(Choice(index=c.index, finish_reason=finish_reason(provider, c.finish_reason, table),
                               message=Message(role="assistant", content=_text(m.content),
-                                              tool_calls=_tool_calls(m.tool_calls), refusal=m.refusal)))
+                                              tool_calls=_tool_calls(m.tool_calls), refusal=m.refusal),
+                              logprobs=c.logprobs))
     return ChatResponse(model=r.model or target.upstream_model, choices=choices,
                         usage=r.usage.canonical() if r.usage else Usage(), provider_id=r.id,
                         system_fingerprint=r.system_fingerprint)
@@ -231,7 +232,8 @@ class ChatCompletionsDecoder:
                     self._text.append(call.function.arguments)
             choices.append(ChunkChoice(index=c.index, finish_reason=finish_reason(self.provider, c.finish_reason,
                                                                                   self.table),
-                                       delta=Delta(role=d.role, content=text, tool_calls=calls, refusal=d.refusal)))
+                                       delta=Delta(role=d.role, content=text, tool_calls=calls, refusal=d.refusal),
+                                       logprobs=c.logprobs))
         if choices:
             out.append(StreamChunk(choices=choices, model=wire.model))
         if wire.usage is not None:
@@ -273,7 +275,6 @@ class OpenAIAdapter(HttpAdapter):
 
     def chat_body(self, request: ChatRequest, target: Target, stream: bool) -> dict[str, Any]:
         """The dialect's body; subclasses translate further."""
-        refuse_logprobs(request)
         body = request_body(request, target.upstream_model)
         if stream:
             body["stream"] = True

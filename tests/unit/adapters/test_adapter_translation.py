@@ -60,10 +60,15 @@ def test_openai_compatible_servers_get_system_not_developer_and_keep_max_tokens(
     assert "metadata" not in body and body["user"] == "user-8431"
 
 
-@pytest.mark.parametrize("kind", ["openai", "openai-compatible", "azure", "gemini"])
-def test_logprobs_are_refused_because_they_could_not_be_returned(kind):
+@pytest.mark.parametrize("kind", ["openai", "openai-compatible", "azure"])
+def test_logprobs_pass_through_to_chat_completions_servers(kind):
+    body = body_of(kind, chat(logprobs=True, top_logprobs=2))
+    assert body["logprobs"] is True and body["top_logprobs"] == 2
+
+
+def test_logprobs_are_refused_where_they_are_not_translated():
     with pytest.raises(InvalidRequest) as exc:
-        body_of(kind, chat(logprobs=True, top_logprobs=2))
+        body_of("gemini", chat(logprobs=True, top_logprobs=2))
     assert exc.value.param == "logprobs"
 
 

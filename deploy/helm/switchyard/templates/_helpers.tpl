@@ -140,20 +140,20 @@ components:
     targets: policy,router
     role: policy+router
     values: policyRouter
-    consumers: [policy, policy-settle, router]
+    consumers: [policy, policy-batch, policy-settle, router, router-batch]
     keys: true
 {{- else }}
   - name: policy
     targets: policy
     role: policy
     values: policyRouter
-    consumers: [policy, policy-settle]
+    consumers: [policy, policy-batch, policy-settle]
     keys: true
   - name: router
     targets: router
     role: router
     values: router
-    consumers: [router]
+    consumers: [router, router-batch]
     keys: false
 {{- end }}
 {{- range $provider, $_ := .Values.workers.providers }}
@@ -162,7 +162,7 @@ components:
     role: worker
     values: workers
     provider: {{ $provider | quote }}
-    consumers: [{{ printf "worker-%s" $provider | quote }}]
+    consumers: [{{ printf "worker-%s" $provider | quote }}, {{ printf "worker-%s-batch" $provider | quote }}]
     keys: false
 {{- end }}
   - name: audit

@@ -41,6 +41,17 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 FORCED_OPEN, FORCED_CLOSED = "forced_open", "forced_closed"
 STATES = (CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, FORCED_CLOSED)
 ACTIONS = ("force_open", "force_closed", "reset")
+HISTORY = 10  # transitions a breaker record keeps (the newest), for the status endpoint and the console
+
+
+class Transition(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One change of a breaker's state, as kept in its record's short history."""
+
+    at: float
+    to: str
+    reason: str = ""
+    by: str = ""
+    from_: str = msgspec.field(default="", name="from")
 
 
 class BreakerRecord(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -55,6 +66,7 @@ class BreakerRecord(Struct, frozen=True, kw_only=True, omit_defaults=True):
     probe_fail: int = 0
     reason: str = ""  # why the last transition happened
     by: str = ""  # who made it (a process id, or "operator")
+    history: tuple[Transition, ...] = ()  # the last HISTORY transitions, oldest first
 
 
 class Permit(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -81,7 +93,9 @@ def open_remaining(rec: BreakerRecord, now: float) -> float:
 
 def _transition(rec: BreakerRecord, state: str, now: float, reason: str, by: str, until: float = 0.0,
                 probes: int = 0) -> BreakerRecord:
-    return BreakerRecord(state=state, gen=rec.gen + 1, since=now, until=until, probes=probes, reason=reason, by=by)
+    step = Transition(at=now, from_=rec.state, to=state, reason=reason, by=by)
+    return BreakerRecord(state=state, gen=rec.gen + 1, since=now, until=until, probes=probes, reason=reason, by=by,
+                         history=(*rec.history, step)[-HISTORY:])
 
 
 def acquire(rec: BreakerRecord, now: float, cfg: BreakerSettings,

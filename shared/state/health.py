@@ -635,6 +635,9 @@ def status_rows(view: HealthView, catalog: Catalog, configs: BreakerConfigs, now
                            "needed": cfg.half_open_probes} if rec.state == b.HALF_OPEN else None,
                 "enabled": cfg.enabled,
             },
+            # Oldest first; who made each is left out: every tenant's key reads this, and an operator's key id
+            # is not theirs to see.
+            "transitions": [{k: v for k, v in msgspec.to_builtins(t).items() if k != "by"} for t in rec.history],
             "window": {"calls": stats.calls, "failures": stats.failures, "size": cfg.window_size,
                        "minimum_calls": cfg.minimum_calls, "threshold": cfg.failure_rate_threshold},
             "error_rate": round(stats.error_rate, 4),

@@ -47,3 +47,19 @@ async def test_a_tenant_admin_cannot_force_a_breaker_for_every_tenant(system):
     r = await http.post("/v1/chat/completions",
                         json={"model": "mock-1", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 200
+
+
+async def test_the_status_shows_recent_transitions_but_not_which_operator_key_made_them(system):
+    deployment = "mock/mock-embed-1"
+    http = system.http  # the operator's key
+    try:
+        for action in ("force_open", "reset"):
+            r = await http.post("/v1/providers/breaker", json={"deployment": deployment, "action": action})
+            assert r.status_code == 200, r.text
+        async with httpx.AsyncClient(base_url=system.base_url, headers=bearer(MEMBER_KEY)) as member:
+            rows = (await member.get("/v1/providers/status")).json()["data"]
+        steps = next(r for r in rows if r["deployment"] == deployment)["transitions"]
+        assert [(s["from"], s["to"]) for s in steps[-2:]] == [("closed", "forced_open"), ("forced_open", "closed")]
+        assert all("by" not in s and s["at"] > 0 and s["reason"] for s in steps)
+    finally:
+        await http.post("/v1/providers/breaker", json={"deployment": deployment, "action": "reset"})

@@ -154,6 +154,23 @@ def test_operator_forces_and_resets():
     assert br.state == b.CLOSED and br.outcomes == []
 
 
+def test_the_record_keeps_its_last_transitions_for_the_status_page():
+    br, clock = breaker()
+    for _ in range(4):
+        br.call(False)  # opens
+    clock.advance(10)
+    br.call(True)  # half open, probe 1
+    [step, probing] = br.record.history
+    assert (step.from_, step.to, step.at) == (b.CLOSED, b.OPEN, 1000.0) and "failure rate" in step.reason
+    assert (probing.from_, probing.to) == (b.OPEN, b.HALF_OPEN)
+    assert [(f, t) for f, t in br.transitions] == [(s.from_, s.to) for s in br.record.history]
+    for i in range(2 * b.HISTORY):
+        br.operate(("force_open", "reset")[i % 2])
+    assert len(br.record.history) == b.HISTORY and br.record.history[-1].to == b.CLOSED
+    assert b.msgspec.json.decode(b.msgspec.json.encode(br.record), type=b.BreakerRecord) == br.record
+    assert b"\"from\":" in b.msgspec.json.encode(br.record.history[0])
+
+
 def test_disabled_breaker_always_permits():
     br, _ = breaker(CFG.model_copy(update={"enabled": False}))
     for _ in range(50):

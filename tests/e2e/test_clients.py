@@ -21,6 +21,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from shared.natsd import NatsServer
 from tests.support.system import ADMIN_KEY, make_settings, start_system
 
 MODEL = "mock-1"
@@ -53,16 +54,20 @@ TIME = {"type": "function", "function": {
 
 
 @pytest.fixture(scope="module")
-async def system(nats_server, tmp_path_factory):
-    """Switchyard with the built-in catalog, as ``make run`` starts it with no provider key configured."""
-    settings = make_settings(nats_server, tmp_path_factory.mktemp("clients"), catalog_path=None)
-    running = await start_system(settings)
+async def system(tmp_path_factory):
+    """Switchyard with the built-in catalog, as ``make run`` starts it with no provider key configured, on a bus of
+    its own (on the session's, the session system's consumers would take its requests, with another catalog)."""
+    root = tmp_path_factory.mktemp("clients")
+    nats = NatsServer(root / "nats").start()
+    running = await start_system(make_settings(nats, root / "data", catalog_path=None))
     configured = {t.provider for name in running.deps.catalog.models for t in running.deps.catalog.targets(name)}
     if configured != {"mock"}:
         await running.close()
+        nats.stop()
         pytest.skip(f"provider keys in the environment configure {sorted(configured - {'mock'})}: not the default")
     yield running
     await running.close()
+    nats.stop()
 
 
 def oai(system, key: str = ADMIN_KEY) -> openai.AsyncOpenAI:

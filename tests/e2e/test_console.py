@@ -207,6 +207,38 @@ async def test_the_budget_bar_moves_after_spending(browser, system, shoot):
     await done(page)
 
 
+async def test_every_team_setting_can_be_set_and_given_back_to_the_default(browser, system):
+    r = await system.http.post("/v1/admin/teams", json={"name": "console-settings"})
+    assert r.status_code == 201, r.text
+    page = await signed_in(browser, system, ADMIN_KEY)
+    await page.click('a[data-page="admin"]')
+    form = 'form.team-settings[data-team="console-settings"]'
+    await page.wait_for_selector(form, timeout=WAIT_MS)
+    await page.select_option(f'{form} select[name="data_class"]', "confidential")
+    await page.select_option(f'{form} select[name="cache_mode"]', "exact")
+    await page.select_option(f'{form} select[name="store_text"]', "false")
+    await page.fill(f'{form} input[name="allowed_models"]', "mock-1, mock-embed-1")
+    await page.fill(f'{form} input[name="alert_thresholds"]', "0.5, 0.9")
+    await page.fill(f'{form} input[name="rpm"]', "30")
+    await page.click(f'{form} button[type="submit"]')
+    await page.wait_for_selector("#admin-note:has-text('Settings of console-settings saved')", timeout=WAIT_MS)
+    settings = (await system.http.get("/v1/admin/teams/console-settings")).json()["settings"]
+    assert settings == {**settings, "data_class": "confidential", "cache_mode": "exact", "store_text": False,
+                        "allowed_models": ["mock-1", "mock-embed-1"], "alert_thresholds": [0.5, 0.9], "rpm": 30}
+    # The form shows what is stored; "default" gives a setting back to the policy's default.
+    await page.wait_for_function(
+        "sel => document.querySelector(sel + ' select[name=\"data_class\"]').value === 'confidential'",
+        arg=form, timeout=WAIT_MS)
+    await page.select_option(f'{form} select[name="data_class"]', "")
+    await page.click(f'{form} button[type="submit"]')
+    await page.wait_for_function(
+        "sel => document.querySelector(sel + ' select[name=\"data_class\"]').value === ''", arg=form,
+        timeout=WAIT_MS)
+    settings = (await system.http.get("/v1/admin/teams/console-settings")).json()["settings"]
+    assert "data_class" not in settings and settings["cache_mode"] == "exact"
+    await done(page)
+
+
 async def test_a_viewer_gets_no_admin_controls(browser, system):
     r = await system.http.post("/v1/admin/keys", json={"team": "team-a", "role": "viewer", "name": "console viewer"})
     assert r.status_code == 201, r.text

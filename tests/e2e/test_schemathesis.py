@@ -24,6 +24,7 @@ import sys
 
 import pytest
 
+from shared.natsd import NatsServer
 from tests.support.system import ADMIN_KEY, make_settings, start_system
 
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,"
@@ -32,11 +33,14 @@ KEY_MUTATIONS = r"^/v1/admin/keys/\{key_id\}/(revoke|rotate)$"
 
 
 @pytest.fixture(scope="module")
-async def system(nats_server, tmp_path_factory):
-    """The embedded default: the built-in catalog (the mock provider)."""
-    running = await start_system(make_settings(nats_server, tmp_path_factory.mktemp("openapi"), catalog_path=None))
+async def system(tmp_path_factory):
+    """The embedded default: the built-in catalog (the mock provider), on a bus of its own."""
+    root = tmp_path_factory.mktemp("openapi")
+    nats = NatsServer(root / "nats").start()
+    running = await start_system(make_settings(nats, root / "data", catalog_path=None))
     yield running
     await running.close()
+    nats.stop()
 
 
 async def schemathesis(system, key: str, *selection: str, examples: int, cwd) -> tuple[int, str]:

@@ -2,10 +2,46 @@
 import { api } from "../api.js";
 import { h, put, fmt, badge, table, problem } from "../dom.js";
 
+// Every team setting (shared/state/teams.py TeamSettings): [field, label, kind, choices]. Kinds: number, int,
+// choice (a select), bool (a select of true/false), list (comma-separated; numbers for "numbers").
 const SETTINGS = [
-  ["daily_budget_usd", "Daily budget (USD)"], ["monthly_budget_usd", "Monthly budget (USD)"],
-  ["rpm", "Requests / min"], ["tpm", "Tokens / min"],
+  ["daily_budget_usd", "Daily budget (USD)", "number"], ["monthly_budget_usd", "Monthly budget (USD)", "number"],
+  ["alert_thresholds", "Budget alerts at (fractions)", "numbers"],
+  ["rpm", "Requests / min", "int"], ["tpm", "Tokens / min", "int"],
+  ["pii_action", "PII", "choice", ["redact", "block", "allow"]],
+  ["risk_action", "Prompt risk", "choice", ["allow", "flag", "block"]], ["risk_threshold", "Risk threshold", "number"],
+  ["data_class", "Data class", "choice", ["public", "internal", "confidential", "restricted"]],
+  ["store_text", "Keep completion text", "bool"],
+  ["allowed_models", "Allowed models", "list"], ["allowed_providers", "Allowed providers", "list"],
+  ["cache_mode", "Response cache", "choice", ["off", "request", "exact", "semantic"]],
+  ["cache_ttl_s", "Cache TTL (s)", "number"], ["cache_similarity", "Cache similarity", "number"],
 ];
+
+function settingInput(field, kind, choices, value) {
+  if (kind === "choice" || kind === "bool") {
+    const options = kind === "bool" ? ["true", "false"] : choices;
+    const shown = value === undefined || value === null ? "" : String(value);
+    return h("select", { name: field }, [h("option", { value: "" }, "default"),
+      ...options.map((o) => h("option", { value: o, selected: o === shown }, o))]);
+  }
+  if (kind === "list" || kind === "numbers") {
+    return h("input", { name: field, type: "text", value: Array.isArray(value) ? value.join(", ") : "",
+      placeholder: "default" });
+  }
+  return h("input", { name: field, type: "number", min: 0, step: kind === "int" ? 1 : "any",
+    value: value !== undefined && value !== null ? value : "", placeholder: "default" });
+}
+
+function settingValue(kind, raw) {
+  const v = raw.trim();
+  if (v === "") return null;
+  if (kind === "int") return parseInt(v, 10);
+  if (kind === "number") return Number(v);
+  if (kind === "bool") return v === "true";
+  if (kind === "list") return v.split(",").map((x) => x.trim()).filter(Boolean);
+  if (kind === "numbers") return v.split(",").map((x) => Number(x.trim())).filter((x) => !Number.isNaN(x));
+  return v;
+}
 
 function shownOnce(title, key) {
   const input = h("input", { readonly: true, value: key, class: "mono wide", id: "new-key", "aria-label": "new key" });
@@ -103,18 +139,13 @@ export function adminPage(root, ctx) {
   };
 
   const teamForm = (t) => {
-    const inputs = SETTINGS.map(([field, label]) => h("label", {}, label, h("input", {
-      name: field, type: "number", min: 0, step: "any", value: t.settings && t.settings[field] !== undefined ? t.settings[field] : "",
-      placeholder: "default",
-    })));
+    const inputs = SETTINGS.map(([field, label, kind, choices]) => h("label", {}, label,
+      settingInput(field, kind, choices, t.settings ? t.settings[field] : undefined)));
     const form = h("form", {
       class: "filters team-settings", "data-team": t.name, onsubmit: async (ev) => {
         ev.preventDefault();
         const settings = {};
-        for (const [field] of SETTINGS) {
-          const v = form.elements[field].value.trim();
-          settings[field] = v === "" ? null : (field === "rpm" || field === "tpm" ? parseInt(v, 10) : Number(v));
-        }
+        for (const [field, , kind] of SETTINGS) settings[field] = settingValue(kind, form.elements[field].value);
         try {
           await api(`/v1/admin/teams/${encodeURIComponent(t.name)}`, { method: "PATCH", body: { settings } });
           put(note, `Settings of ${t.name} saved.`);

@@ -114,15 +114,25 @@ async def attempt(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps
         return out
     if deps.relay is None:
         if await deps.is_cancelled(rid):
-            return out  # the cancel already ended the request
+            out.append(not_called(event))  # the cancel already ended the request
+            return out
         out.append(await _serve(event, delivery, deps, None))
         return out
     # Listening before the record is read: a cancel stored after that read is signalled to this listener.
     async with deps.relay.cancellation(rid) as cancelled:
         if await deps.is_cancelled(rid):
+            out.append(not_called(event))
             return out
         out.append(await _serve(event, delivery, deps, cancelled))
     return out
+
+
+def not_called(event: AttemptDispatched) -> AttemptFailed:
+    """The outcome of an attempt whose job was cancelled before its call began: nothing called, nothing billed,
+    and the trace says so (else the attempt would stay ``dispatched`` under a cancelled request)."""
+    info = ErrorInfo(status=499, type="cancelled", code="cancelled_before_call", outcome="cancelled",
+                     message="the job was cancelled before this attempt's call began; the provider was not called")
+    return msgspec.structs.replace(_failed(event, info, 0.0), after_end=True)
 
 
 async def _serve(event: AttemptDispatched, delivery: Delivery, deps: WorkerDeps,

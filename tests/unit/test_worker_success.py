@@ -10,7 +10,7 @@ from services.workers.handlers import WorkerDeps, attempt
 from shared.bus import Delivery
 from shared.canonical import EmbeddingRequest
 from shared.catalog import load_catalog
-from shared.events import AttemptDispatched, CompletionSucceeded, RoutingDecision, terminal_id
+from shared.events import AttemptDispatched, AttemptFailed, CompletionSucceeded, RoutingDecision, terminal_id
 from shared.pricing import cost_usd
 from shared.telemetry import Metrics
 from tests.support.events import chat, ctx
@@ -100,3 +100,22 @@ async def test_embeddings_carry_their_vectors_and_record_input_tokens_only():
                   gen_ai_provider_name="mock", gen_ai_request_model="mock-embed-1", error_type="") == 1
     assert tokens(metrics, "embeddings", "mock-embed-1", "input") == 1
     assert tokens(metrics, "embeddings", "mock-embed-1", "output") is None
+
+
+async def test_a_job_cancelled_before_its_call_began_has_its_attempt_closed_not_called_and_not_billed():
+    """Else the attempt stays ``dispatched`` under a cancelled job (what make chaos counted as trace drift)."""
+    spec = CATALOG.providers["mock"]
+    calls = []
+
+    async def cancelled(request_id: str) -> bool:
+        calls.append(request_id)
+        return True
+
+    event = dispatched("mock-1", ctx=ctx(job=True), request=chat("mock-1"))
+    for relay in (None, Relay()):
+        deps = WorkerDeps(adapters={"mock": adapter_class(spec.type)(spec)}, catalog=CATALOG, metrics=Metrics(),
+                          is_cancelled=cancelled, relay=relay)
+        [out] = await attempt(event, Delivery(num_delivered=1, headers={}, stream_seq=1), deps)
+        assert isinstance(out, AttemptFailed) and out.after_end and out.cost_usd == 0 and out.usage is None
+        assert (out.error.outcome, out.error.code) == ("cancelled", "cancelled_before_call")
+    assert calls == ["req_1", "req_1"] and not relay.sent  # asked twice, and nothing was relayed or called

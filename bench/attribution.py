@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
 import signal
@@ -36,7 +35,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import RESULTS_DIR, install
+from bench import install, save_results
 from bench.install import log, machine_info
 from bench.load import run_wrk
 from bench.procs import CLOCK_TICKS, Proc, cpu_ticks, quiesce, start_run, tree
@@ -238,11 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     table = render(results["summary"])
     print(f"\nWhat audit costs at concurrency 1 ({started:%Y-%m-%d %H:%M} UTC, {args.rounds} rounds of "
           f"{args.duration:g} s, medians; ms)\n{table}")
-    out = Path(args.out) if args.out else RESULTS_DIR / f"attribution-{started:%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, default=str))
-    print(f"\nraw results: {out}")
-    return 130 if results.get("interrupted") else 0
+    return save_results(results, args.out, f"attribution-{started:%Y%m%dT%H%M%SZ}.json")
 
 
 if __name__ == "__main__":

@@ -184,6 +184,19 @@ class Switchyard(System):
 
     has_jobs = True
 
+    def __init__(self, *args, repo: Path | None = None, name: str | None = None,
+                 extra_env: dict[str, str] | None = None, **kw) -> None:
+        """``repo``: another checkout to run (with its own ``.venv``), for paired runs of old and new code;
+        ``name``: this instance's name (its processes, logs and work directory) when two run side by side;
+        ``extra_env``: settings of this instance only (a setting on against off)."""
+        if name:
+            self.name = name
+        super().__init__(*args, **kw)
+        self.extra_env = extra_env or {}
+        self.repo = repo or REPO
+        python = self.repo / ".venv" / "bin" / "python"
+        self.python = sys.executable if self.repo == REPO or not python.exists() else str(python)
+
     def env(self) -> dict[str, str]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         catalog = self.workdir / "catalog.yaml"
@@ -198,10 +211,11 @@ class Switchyard(System):
             "SWITCHYARD_WORKERS__POOL_CONNECTIONS": "8192",
             "PYTHONUNBUFFERED": "1",
         })
+        env.update(self.extra_env)
         return env
 
     def command(self, target: str) -> list[str]:
-        return [sys.executable, "-m", "services", "--target", target]
+        return [self.python, "-m", "services", "--target", target]
 
     def ready(self) -> bool:
         r = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=5)
@@ -219,7 +233,7 @@ class SwitchyardAll(Switchyard):
         env["SWITCHYARD_GATEWAY__PORT"] = str(self.port)
         env["SWITCHYARD_EMBEDDED_NATS_PORT"] = str(free_port())
         self.children.append(self.procs.start(self.name, [*self.command("all"), "--embedded-nats"], env=env,
-                                              cwd=str(REPO)))
+                                              cwd=str(self.repo)))
 
 
 class SwitchyardSplit(Switchyard):
@@ -249,7 +263,7 @@ class SwitchyardSplit(Switchyard):
             # nats-server, so accepting work is not starved by draining it (SWITCHYARD_NICE, docs/operations.md).
             nice = {} if "gateway" in target.split(",") else {"SWITCHYARD_NICE": str(PIPELINE_NICE)}
             self.children.append(self.procs.start(f"{self.name}-{target.replace(':', '-').replace(',', '+')}",
-                                                  self.command(target), env=env | nice, cwd=str(REPO)))
+                                                  self.command(target), env=env | nice, cwd=str(self.repo)))
 
     def stop(self) -> None:
         super().stop()

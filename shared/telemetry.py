@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 from shared.settings import TelemetrySettings
 
@@ -62,6 +63,25 @@ class TenantLabels:
             return tenant, OTHER
         self._teams.add((tenant, team))
         return tenant, team
+
+
+def memoize_labels(metric: MetricWrapperBase) -> None:
+    """Give ``metric`` a ``labels`` that hands back the child it made before for the same values.
+
+    prometheus_client's ``labels`` checks and converts every value and takes a lock on each call; the hot
+    path calls it several times per request with the same few values. The label sets are bounded (see the
+    module's docstring) and no child is ever removed, so the dict stays small and never goes stale.
+    """
+    made: dict[tuple, MetricWrapperBase] = {}
+    make = metric.labels
+
+    def labels(*values: object) -> MetricWrapperBase:
+        child = made.get(values)
+        if child is None:
+            child = made[values] = make(*values)
+        return child
+
+    metric.labels = labels  # type: ignore[method-assign]
 
 
 class Metrics:
@@ -162,6 +182,10 @@ class Metrics:
         self.not_accepted = Counter("switchyard_requests_not_accepted", "Requests refused before they were "
                                     "accepted, by reason (stream_full: 503; job_queue_full: a tenant's queued-job "
                                     "cap, 429)", ["reason"], registry=r)
+
+        for metric in vars(self).values():
+            if isinstance(metric, MetricWrapperBase) and metric._labelnames:
+                memoize_labels(metric)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

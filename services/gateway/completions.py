@@ -36,6 +36,7 @@ from services.gateway.web import (
 )
 from services.ops import json_response
 from shared.openai_format import response_headers
+from shared.aio import wait_future
 from shared.auth import KeyStore, Principal
 from shared.bus import Bus
 from shared.cache import HEADER as CACHE_HEADER
@@ -234,8 +235,7 @@ class Completions:
         try:
             await publish_request(self.bus, self.telemetry, request, event)
             try:
-                async with asyncio.timeout(max(0.001, event.ctx.remaining())):
-                    term = await fut
+                term = await wait_future(fut, max(0.001, event.ctx.remaining()))
             except TimeoutError:
                 self.metrics.requests.labels(dialect.api, "timeout").inc()
                 err = DeadlineExceeded(f"request {rid} did not finish within {event.ctx.deadline - event.ctx.received_at:g}s; "

@@ -53,6 +53,7 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 from nats.js.kv import KeyValue
 
+from shared.aio import wait_future
 from shared.bus.contract import NO_MESSAGE, PubAck
 
 log = logging.getLogger("switchyard.bus")
@@ -186,8 +187,7 @@ class Replies:
         self._pending[token] = fut
         try:
             await self.nc.publish(subject, data, reply=self.prefix + token, headers=headers)
-            async with asyncio.timeout(timeout):
-                msg = await fut
+            msg = await wait_future(fut, timeout)  # every publish and KV write: a timer, not asyncio.timeout
         except TimeoutError:
             if connected_only and withdraw(self.nc, subject, self.prefix + token):
                 raise NotSent from None

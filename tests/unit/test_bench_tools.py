@@ -1,0 +1,37 @@
+"""The profiling and paired-run tools' arithmetic: py-spy's collapsed stacks folded into self and inclusive
+time, and old-against-new rounds summarised as medians and paired changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.paired import render, summarize
+from bench.profile import top_frames
+
+
+def test_collapsed_stacks_fold_into_self_and_inclusive_time(tmp_path: Path):
+    f = tmp_path / "x.collapsed"
+    f.write_text("process 1;thread (0x1);main (a.py:1);handle (b.py:2);decode (c.py:3) 6\n"
+                 "main (a.py:1);handle (b.py:2) 3\n"
+                 "main (a.py:1);handle (b.py:2);handle (b.py:2) 1\n"  # recursion counts once inclusive
+                 " 5\n")  # an empty stack (in C, no Python frame) counts in the total only
+    total, own, incl = top_frames(f, 10)
+    assert total == 15
+    assert dict(own) == {"decode (c.py:3)": 6, "handle (b.py:2)": 4}
+    assert dict(incl) == {"main (a.py:1)": 10, "handle (b.py:2)": 10, "decode (c.py:3)": 6}
+
+
+def run(c, rnd, tree, rps, cpu):
+    return {"c": c, "round": rnd, "tree": tree, "rps": rps, "p50_ms": 1000 / rps, "p99_ms": 3000 / rps,
+            "cpu_us": cpu, "errors": 0}
+
+
+def test_paired_rounds_give_medians_and_the_change_within_each_round():
+    runs = [run(64, 0, "old", 100, 2000), run(64, 0, "new", 110, 1800),
+            run(64, 1, "new", 90, 1900), run(64, 1, "old", 80, 2100),
+            run(64, 2, "old", 100, 2000), run(64, 2, "new", 95, 2050)]
+    (row,) = summarize(runs)
+    assert row["old"]["rps"] == 100 and row["new"]["rps"] == 95
+    assert row["change_pct"]["rps"] == 10.0  # +10 %, +12.5 %, -5 %: the median
+    assert row["new_better_rounds"]["rps"] == "2/3" and row["new_better_rounds"]["cpu_us"] == "2/3"
+    assert "rps +10.0% (better in 2/3)" in render([row])

@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install the project with its test tools
 
 run: $(STAMP) ## run everything embedded: nats-server + all services, API on 127.0.0.1:8080
-	$(PY) -m services --target $(TARGET) --embedded-nats
+	$(PY) -m services --target $(TARGET) --embedded-nats $(RUN_ARGS)
 
 test: $(STAMP) tools-deploy tools-observe tools-browser ## run the whole test suite (starts its own nats-server)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

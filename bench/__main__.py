@@ -34,11 +34,12 @@ from bench.procs import CLOCK_TICKS, MemorySampler, Procs, cpu_busy, cpu_ticks, 
 from bench.report import refine_between, render_table, render_targets, targets
 from bench.stream import measure_ttft
 from bench.systems import (KEY, SY_SPLIT_TARGETS, Direct, LiteLLM, Portkey, Switchyard, SwitchyardAll,
-                           SwitchyardDuo, SwitchyardSplit, SwitchyardTrio, System)
+                           SwitchyardDuo, SwitchyardAllChild, SwitchyardSplit, SwitchyardTrio, System)
 from bench.upstream import Upstream
 
 ALL_SYSTEMS = ("direct", "sy-all", "sy-duo", "sy-trio", "sy-split", "portkey", "litellm-1", "litellm-2")
 QUICK_SYSTEMS = ("direct", "sy-all", "portkey", "litellm-1")
+EXTRA_SYSTEMS = ("sy-all-child",)  # measured only when named in --systems
 BUSY_WARN = 0.15  # background CPU share above which the table warns
 
 
@@ -253,6 +254,8 @@ def make_systems(names: list[str], procs: Procs, upstream: Upstream, workdir: Pa
     for n in names:
         if n == "direct":
             systems.append(Direct(procs, upstream, workdir))
+        elif n == "sy-all-child":  # on request (--systems): --audit-process
+            systems.append(SwitchyardAllChild(procs, upstream, workdir))
         elif n == "sy-all":
             systems.append(SwitchyardAll(procs, upstream, workdir))
         elif n == "sy-duo":
@@ -279,7 +282,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help=f"~2 minute subset: {', '.join(QUICK_SYSTEMS)}; sweep 1 and 64; shorter runs")
-    ap.add_argument("--systems", help=f"comma list from {', '.join(ALL_SYSTEMS)} (default: all; --quick: "
+    ap.add_argument("--systems", help=f"comma list from {', '.join(ALL_SYSTEMS + EXTRA_SYSTEMS)} (default: all but {EXTRA_SYSTEMS[0]}; --quick: "
                                       f"{', '.join(QUICK_SYSTEMS)}); 'direct' is always added")
     ap.add_argument("--duration", type=float, help="seconds per wrk run (sweep points)")
     ap.add_argument("--sweep", help="comma list of concurrencies, e.g. 1,16,64,256")
@@ -298,9 +301,9 @@ def profile_from(args: argparse.Namespace) -> Profile:
     p = Profile(**asdict(p))
     if args.systems:
         wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
-        unknown = [s for s in wanted if s not in ALL_SYSTEMS]
+        unknown = [s for s in wanted if s not in ALL_SYSTEMS + EXTRA_SYSTEMS]
         if unknown:
-            raise SystemExit(f"unknown system(s) {unknown}; known: {', '.join(ALL_SYSTEMS)}")
+            raise SystemExit(f"unknown system(s) {unknown}; known: {', '.join(ALL_SYSTEMS + EXTRA_SYSTEMS)}")
         p.systems = tuple(["direct"] + [s for s in wanted if s != "direct"])
     if args.duration:
         p.run_s = args.duration

@@ -24,10 +24,10 @@ from bench.attribution import schedule
 from bench.install import log
 from bench.load import run_wrk
 from bench.procs import CLOCK_TICKS, cpu_ticks, quiesce, start_run, tree
-from bench.systems import REPO, SwitchyardAll, SwitchyardDuo, SwitchyardSplit, Switchyard
+from bench.systems import REPO, SwitchyardAll, SwitchyardAllChild, SwitchyardDuo, SwitchyardSplit, Switchyard
 from bench.upstream import Upstream
 
-SHAPES = {"sy-all": SwitchyardAll, "sy-duo": SwitchyardDuo, "sy-split": SwitchyardSplit}
+SHAPES = {"sy-all-child": SwitchyardAllChild, "sy-all": SwitchyardAll, "sy-duo": SwitchyardDuo, "sy-split": SwitchyardSplit}
 FIGURES = ("rps", "p50_ms", "p99_ms", "cpu_us")
 
 
@@ -85,6 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--old", default=str(REPO), help="the old checkout (with its .venv; default: this one)")
     ap.add_argument("--new", default=str(REPO), help="the new checkout (default: this one)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="sy-all")
+    ap.add_argument("--old-shape", choices=sorted(SHAPES), help="old's shape when it differs (one shape against another)")
     ap.add_argument("--concurrency", default="1,64", help="comma list")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--duration", type=float, default=5.0)
@@ -104,15 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         log(why)
         return 2
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    results: dict = {"started": started.isoformat(), "shape": args.shape, "old": args.old, "new": args.new,
+    results: dict = {"started": started.isoformat(), "shape": args.shape, "old_shape": args.old_shape or args.shape, "old": args.old, "new": args.new,
                      "env_old": args.env_old, "env_new": args.env_new,
                      "rounds": args.rounds, "duration_s": args.duration, "runs": []}
     try:
         upstream = Upstream(tools.nginx, procs, workdir)
         upstream.start()
         upstream.verify()
-        systems = {t: SHAPES[args.shape](procs, upstream, workdir, repo=Path(getattr(args, t)).resolve(),
-                                         name=f"{args.shape}-{t}",
+        shapes = {"old": args.old_shape or args.shape, "new": args.shape}
+        systems = {t: SHAPES[shapes[t]](procs, upstream, workdir, repo=Path(getattr(args, t)).resolve(),
+                                         name=f"{shapes[t]}-{t}",
                                          extra_env=dict(kv.split("=", 1) for kv in getattr(args, f"env_{t}")))
                    for t in ("old", "new")}
         for s in systems.values():
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     results["summary"] = summarize(results["runs"])
     settings = "".join(f" {t} {' '.join(getattr(args, f'env_{t}'))}" for t in ("old", "new") if getattr(args, f"env_{t}"))
-    print(f"\nOld {args.old} against new {args.new}{settings}, {args.shape}, {args.rounds} ABBA rounds of {args.duration:g} s "
+    print(f"\nOld {args.old} against new {args.new}{settings}, {(args.old_shape + ' against ') if args.old_shape else ''}{args.shape}, {args.rounds} ABBA rounds of {args.duration:g} s "
           f"({started:%Y-%m-%d %H:%M} UTC); medians\n{render(results['summary'])}")
     return save_results(results, args.out, f"paired-{args.shape}-{started:%Y%m%dT%H%M%SZ}.json")
 

@@ -1,6 +1,6 @@
 """``python -m bench.profile`` (``make profile``): where a shape spends its CPU under load, per process.
 
-Starts the nginx upstream and one Switchyard shape (``sy-all``, ``make run``'s default, or ``sy-split``),
+Starts the nginx upstream and one Switchyard shape (``sy-all``, ``make run``'s; ``sy-all-child``; ``sy-split``),
 warms it up, then drives it with wrk at one concurrency while ``py-spy record`` samples every Python
 process of the shape (by default only the thread holding the GIL: where Python code spends CPU; a thread
 waiting in SQLite's fsync would otherwise look busy). Per process it prints CPU per request over the
@@ -28,10 +28,10 @@ from bench import RESULTS_DIR, install
 from bench.install import log
 from bench.load import run_wrk
 from bench.procs import CLOCK_TICKS, cpu_ticks, quiesce, start_run, tree
-from bench.systems import SwitchyardAll, SwitchyardSplit, System
+from bench.systems import SwitchyardAll, SwitchyardAllChild, SwitchyardSplit, System
 from bench.upstream import Upstream
 
-SHAPES = {"sy-all": SwitchyardAll, "sy-split": SwitchyardSplit}
+SHAPES = {"sy-all-child": SwitchyardAllChild, "sy-all": SwitchyardAll, "sy-split": SwitchyardSplit}
 PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
@@ -58,8 +58,19 @@ def thread_ticks(pids: list[int]) -> dict[tuple[str, str], int]:
 
 
 def python_processes(system: System) -> dict[str, int]:
-    """Name -> pid of each Python process of the shape (its children as started by the bench)."""
-    return {c.name: c.pid for c in system.children if c.alive()}
+    """Name -> pid of each Python process of the shape: those the bench started and their Python descendants
+    (``sy-all-child``'s audit child), named by their ``--target``."""
+    out = {c.name: c.pid for c in system.children if c.alive()}
+    for pid in tree(system.pids()):
+        if pid in out.values() or not comm(pid).startswith("python"):
+            continue
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        target = args[args.index(b"--target") + 1].decode() if b"--target" in args else str(pid)
+        out[f"{system.name}-{target}"] = pid
+    return out
 
 
 def top_frames(collapsed: Path, n: int) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:

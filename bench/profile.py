@@ -18,6 +18,7 @@ import argparse
 import collections
 import datetime as dt
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -42,18 +43,17 @@ def comm(pid: int) -> str:
         return "?"
 
 
-def thread_ticks(pids: list[int]) -> dict[tuple[str, str], int]:
+def thread_ticks(pids: dict[int, str]) -> dict[tuple[str, str], int]:
     """(process name, thread name:tid) -> CPU ticks so far (Python does not name its OS threads)."""
     out: collections.Counter[tuple[str, str]] = collections.Counter()
-    for pid in pids:
-        pname = comm(pid)
+    for pid, pname in pids.items():
         for task in Path(f"/proc/{pid}/task").glob("*"):
             try:
                 name = (task / "comm").read_text().strip()
                 fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
-            out[(f"{pname}:{pid}", f"{name}:{task.name}")] += int(fields[11]) + int(fields[12])
+            out[(pname, f"{name}:{task.name}")] += int(fields[11]) + int(fields[12])
     return out
 
 
@@ -91,6 +91,42 @@ def top_frames(collapsed: Path, n: int) -> tuple[int, list[tuple[str, int]], lis
         for f in set(frames):
             incl[f] += c
     return total, own.most_common(n), incl.most_common(n)
+
+
+_FILE = re.compile(r"\(([^:()]+):\d+\)$")
+
+
+def _module(path: str) -> str:
+    """``services/policy/handlers.py`` → ``services/policy``; a library's file → its top package."""
+    parts = path.split("/")
+    if parts[0] in ("services", "shared") and len(parts) > 2:
+        return "/".join(parts[:2])
+    return parts[0].removesuffix(".py")
+
+
+def by_module(collapsed: Path) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
+    """(samples, where the CPU is spent by the leaf frame's module, and by the component that called it: the
+    outermost ``services/<service>`` frame of the stack, else the outermost ``shared/...`` one (the bus's own
+    work between messages), else the leaf's library)."""
+    leaf: collections.Counter[str] = collections.Counter()
+    component: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        c = int(count)
+        total += c
+        files = [m.group(1) for f in stack.split(";") if (m := _FILE.search(f))]
+        if not files:
+            leaf["(no Python frame: the loop in C)"] += c
+            component["(no Python frame: the loop in C)"] += c
+            continue
+        leaf[_module(files[-1])] += c
+        ours = next((_module(f) for f in files if f.startswith("services/") and f.count("/") >= 2), None) or next(
+            (_module(f) for f in files if f.startswith("shared/")), None)
+        component[ours or _module(files[-1])] += c
+    return total, leaf.most_common(), component.most_common()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -145,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
                  *([] if args.all_threads else ["--gil"])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         time.sleep(1.0)  # let every sampler attach before the load starts
-        pids = {pid: comm(pid) for pid in tree(system.pids())}
-        before, threads_before = {pid: cpu_ticks([pid]) for pid in pids}, thread_ticks(list(pids))
+        named = {pid: name for name, pid in pys.items()}
+        pids = {pid: named.get(pid, comm(pid)) for pid in tree(system.pids())}
+        before, threads_before = {pid: cpu_ticks([pid]) for pid in pids}, thread_ticks(pids)
         res = run_wrk(tools.wrk, url, body, system.key, args.concurrency, args.duration)
-        after, threads_after = {pid: cpu_ticks([pid]) for pid in pids}, thread_ticks(list(pids))
+        after, threads_after = {pid: cpu_ticks([pid]) for pid in pids}, thread_ticks(pids)
         requests = max(1, res.requests)
         for _, spy in spies.values():
             spy.wait(timeout=60)
@@ -178,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}: top by inclusive time")
             for frame, c in incl:
                 print(f"  {100 * c / max(1, total):5.1f}%  {frame}")
+            _, leaves, components = by_module(out)
+            summary["processes"][name].update({"leaf_modules": leaves, "components": components})
+            print(f"== {name}: by the leaf frame's module")
+            print("  " + ", ".join(f"{m} {100 * c / max(1, total):.1f}%" for m, c in leaves[:16]))
+            print(f"== {name}: by the component on the stack (outermost services/<service> frame, else shared/*)")
+            print("  " + ", ".join(f"{m} {100 * c / max(1, total):.1f}%" for m, c in components[:16]))
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -35,3 +35,16 @@ def test_paired_rounds_give_medians_and_the_change_within_each_round():
     assert row["change_pct"]["rps"] == 10.0  # +10 %, +12.5 %, -5 %: the median
     assert row["new_better_rounds"]["rps"] == "2/3" and row["new_better_rounds"]["cpu_us"] == "2/3"
     assert "rps +10.0% (better in 2/3)" in render([row])
+
+
+def test_samples_fold_by_module_and_by_the_component_that_called_the_library(tmp_path: Path):
+    from bench.profile import by_module
+
+    f = tmp_path / "x.collapsed"
+    f.write_text("run (uvloop/__init__.py:92);_admit (services/policy/handlers.py:396);publish (nats/aio/client.py:1) 4\n"
+                 "_apply (services/audit/store.py:590) 2\n"
+                 " 1\n")
+    total, leaves, components = by_module(f)
+    assert total == 7
+    assert dict(leaves) == {"nats": 4, "services/audit": 2, "(no Python frame: the loop in C)": 1}
+    assert dict(components) == {"services/policy": 4, "services/audit": 2, "(no Python frame: the loop in C)": 1}

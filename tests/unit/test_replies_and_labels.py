@@ -39,10 +39,21 @@ def replies_for(nc: FakeNats) -> Replies:
 
 
 def timers() -> int:
-    """Timers still armed on the loop (pytest's loop is asyncio's own, whose heap this reads)."""
+    """Timers still armed on the running loop (asyncio's own, whose heap this reads)."""
     return sum(not h.cancelled() for h in asyncio.get_running_loop()._scheduled)
 
 
+def on_own_loop(test):
+    """Run ``test`` on an event loop of its own: the timers it counts are only its own, whatever else the
+    session's loop holds (other tests' buses)."""
+    def run() -> None:
+        with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:  # asyncio's loop, not uvloop
+            runner.run(test())
+    run.__name__ = test.__name__
+    return run
+
+
+@on_own_loop
 async def test_an_answered_request_leaves_no_timer_and_no_pending_entry():
     r = replies_for(FakeNats(answer_after=0.01))
     before = timers()
@@ -63,6 +74,7 @@ async def test_an_unanswered_request_times_out_as_nats_py_would():
     assert r._pending == {}
 
 
+@on_own_loop
 async def test_a_cancelled_wait_cancels_its_timer():
     r = replies_for(FakeNats(answer_after=None))
     before = timers()
@@ -89,6 +101,7 @@ def test_labels_hand_back_the_same_child_and_count_into_it():
         m.requests.labels("chat")  # a wrong number of values is still refused
 
 
+@on_own_loop
 async def test_wait_future_fails_the_future_at_its_timeout_and_disarms_on_an_answer():
     loop = asyncio.get_running_loop()
     late = loop.create_future()

@@ -48,3 +48,45 @@ def test_samples_fold_by_module_and_by_the_component_that_called_the_library(tmp
     assert total == 7
     assert dict(leaves) == {"nats": 4, "services/audit": 2, "(no Python frame: the loop in C)": 1}
     assert dict(components) == {"services/policy": 4, "services/audit": 2, "(no Python frame: the loop in C)": 1}
+
+
+SHIM_CHECK = r"""
+import http from 'node:http';
+// What @hono/node-server does: a lighter global Response that keeps init.headers as given.
+class Light {
+  constructor(body, init) { this._headers = init?.headers instanceof Headers ? init.headers : new Headers(init?.headers); }
+  get headers() { return this._headers; }
+  static json() { return 'static kept'; }
+}
+Object.defineProperty(globalThis, 'Response', { value: Light });
+const srv = http.createServer((q, s) => { s.writeHead(200, {'content-type': 'text/event-stream'}); s.end('data: x\n\n'); });
+srv.listen(0, '127.0.0.1', async () => {
+  const fetched = await fetch(`http://127.0.0.1:${srv.address().port}/`);
+  const r = new Response(fetched.body, fetched);  // the gateway's streaming path
+  r.headers.append('x-portkey-trace-id', '1');     // threw "immutable" without the shim
+  console.log(JSON.stringify({type: r.headers.get('content-type'), added: r.headers.get('x-portkey-trace-id'),
+                              statics: Response.json()}));
+  srv.close();
+});
+"""
+
+
+def test_the_portkey_shim_gives_a_response_built_from_a_fetched_one_mutable_headers(tmp_path: Path):
+    import json
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from bench.systems import PORTKEY_SHIM
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node on this machine (make bench needs it for the Portkey gateway)")
+    script = tmp_path / "check.mjs"
+    script.write_text(SHIM_CHECK)
+    done = subprocess.run([node, "--import", str(PORTKEY_SHIM), str(script)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"type": "text/event-stream", "added": "1", "statics": "static kept"}
+    bare = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=30)
+    assert bare.returncode != 0 and "immutable" in bare.stderr  # the bug the shim is for

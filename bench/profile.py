@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 from bench import RESULTS_DIR, install
 from bench.install import log
@@ -73,23 +74,26 @@ def python_processes(system: System) -> dict[str, int]:
     return out
 
 
+def stacks(collapsed: Path) -> Iterator[tuple[list[str], int]]:
+    """(frames, samples) per line of py-spy's collapsed output (``frame;frame;... count``), outermost first,
+    without py-spy's process and thread pseudo-frames; an empty stack (the loop in C) has no frames."""
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if count.isdigit():
+            yield [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))], int(count)
+
+
 def top_frames(collapsed: Path, n: int) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
-    """(samples, top self frames, top inclusive frames) from py-spy's collapsed output (``stack count`` lines)."""
+    """(samples, top self frames, top inclusive frames); an empty stack counts in the total only."""
     own: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in collapsed.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        c = int(count)
-        total += c  # an empty stack (the loop in C, no Python frame) counts in the total only
-        frames = [f for f in stack.split(";") if f and not f.startswith("process ") and not f.startswith("thread ")]
-        if not frames:
-            continue
-        own[frames[-1]] += c
-        for f in set(frames):
-            incl[f] += c
+    for frames, c in stacks(collapsed):
+        total += c
+        if frames:
+            own[frames[-1]] += c
+            for f in set(frames):
+                incl[f] += c
     return total, own.most_common(n), incl.most_common(n)
 
 
@@ -111,13 +115,9 @@ def by_module(collapsed: Path) -> tuple[int, list[tuple[str, int]], list[tuple[s
     leaf: collections.Counter[str] = collections.Counter()
     component: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in collapsed.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        c = int(count)
+    for frames, c in stacks(collapsed):
         total += c
-        files = [m.group(1) for f in stack.split(";") if (m := _FILE.search(f))]
+        files = [m.group(1) for f in frames if (m := _FILE.search(f))]
         if not files:
             leaf["(no Python frame: the loop in C)"] += c
             component["(no Python frame: the loop in C)"] += c

@@ -75,7 +75,9 @@ def memoize_labels(metric: MetricWrapperBase) -> None:
     made: dict[tuple, MetricWrapperBase] = {}
     make = metric.labels
 
-    def labels(*values: object) -> MetricWrapperBase:
+    def labels(*values: object, **by_name: object) -> MetricWrapperBase:
+        if by_name:  # labels(api=..., outcome=...): rare, not memoized
+            return make(*values, **by_name)
         child = made.get(values)
         if child is None:
             child = made[values] = make(*values)

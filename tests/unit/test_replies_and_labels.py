@@ -97,6 +97,7 @@ def test_labels_hand_back_the_same_child_and_count_into_it():
     text = generate_latest(m.registry).decode()
     assert 'switchyard_requests_total{api="chat",outcome="success"} 3.0' in text
     assert 'switchyard_requests_total{api="chat",outcome="error"} 1.0' in text
+    assert m.requests.labels(api="chat", outcome="success") is child  # by name: prometheus_client's own lookup
     with pytest.raises(ValueError):
         m.requests.labels("chat")  # a wrong number of values is still refused
 

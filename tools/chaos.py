@@ -119,7 +119,7 @@ class Plan:
     flood_measure_s: float = 0.0
 
 
-SHORT = Plan("short", steady_rps=12, phase_s=4, outage_s=(3,), flood_jobs=1200, cancels=6, settle_s=60,
+SHORT = Plan("short", steady_rps=12, phase_s=4, outage_s=(3,), flood_jobs=400, cancels=6, settle_s=60,
              flood_measure_s=8)
 FULL = Plan("full", steady_rps=20, phase_s=12, outage_s=(3, 35), flood_jobs=5000, cancels=30, settle_s=240)
 

@@ -237,16 +237,18 @@ def _cpu_times() -> tuple[int, int]:
     return sum(vals), idle
 
 
+def stat_ticks(stat: Path) -> int:
+    """User + system CPU ticks from a ``/proc/<pid>/stat`` (or ``/proc/<pid>/task/<tid>/stat``); 0 when gone."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
 def cpu_ticks(pids: list[int]) -> int:
     """CPU time (user + system, every thread) the processes ``pids`` have used so far, in clock ticks."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total
+    return sum(stat_ticks(Path(f"/proc/{pid}/stat")) for pid in pids)
 
 
 def quiesce(roots: list[int], timeout_s: float = 60.0, idle_share: float = 0.05, window_s: float = 0.5) -> float:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
-import json
 import re
 import shutil
 import subprocess
@@ -26,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from bench import RESULTS_DIR, install
+from bench import RESULTS_DIR, install, save_results
 from bench.install import log
 from bench.load import run_wrk
-from bench.procs import CLOCK_TICKS, cpu_ticks, quiesce, start_run, tree
+from bench.procs import CLOCK_TICKS, cpu_ticks, quiesce, start_run, stat_ticks, tree
 from bench.systems import SwitchyardAll, SwitchyardAllChild, SwitchyardSplit, System
 from bench.upstream import Upstream
 
@@ -51,10 +50,9 @@ def thread_ticks(pids: dict[int, str]) -> dict[tuple[str, str], int]:
         for task in Path(f"/proc/{pid}/task").glob("*"):
             try:
                 name = (task / "comm").read_text().strip()
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
+            except OSError:
                 continue
-            out[(pname, f"{name}:{task.name}")] += int(fields[11]) + int(fields[12])
+            out[(pname, f"{name}:{task.name}")] += stat_ticks(task / "stat")
     return out
 
 
@@ -224,9 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    Path(f"{prefix}.json").write_text(json.dumps(summary, indent=1, default=str))
-    print(f"\ncollapsed stacks and summary: {prefix}-*.collapsed, {prefix}.json")
-    return 0
+    print(f"\ncollapsed stacks: {prefix}-*.collapsed")
+    return save_results(summary, f"{prefix}.json", "")
 
 
 if __name__ == "__main__":

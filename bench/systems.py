@@ -229,13 +229,16 @@ class SwitchyardAll(Switchyard):
     """``python -m services --target all --embedded-nats``: one Python process plus its nats-server child."""
 
     name = "sy-all"
+    flags: tuple[str, ...] = ("--embedded-nats",)
 
     def start(self) -> None:
         env = self.env()
         self.port = free_port()
         env["SWITCHYARD_GATEWAY__PORT"] = str(self.port)
         env["SWITCHYARD_EMBEDDED_NATS_PORT"] = str(free_port())
-        self.children.append(self.procs.start(self.name, [*self.command("all"), "--embedded-nats"], env=env,
+        if "--audit-process" in self.flags:
+            env["SWITCHYARD_METRICS_PORT"] = str(free_port())  # audit's child (else the gateway's port + 1)
+        self.children.append(self.procs.start(self.name, [*self.command("all"), *self.flags], env=env,
                                               cwd=str(self.repo)))
 
 
@@ -245,15 +248,7 @@ class SwitchyardAllChild(SwitchyardAll):
     Every process is a descendant of the one started, so the process tree's CPU and memory hold them all."""
 
     name = "sy-all-child"
-
-    def start(self) -> None:
-        env = self.env()
-        self.port = free_port()
-        env["SWITCHYARD_GATEWAY__PORT"] = str(self.port)
-        env["SWITCHYARD_METRICS_PORT"] = str(free_port())  # audit's child (else the gateway's port + 1)
-        env["SWITCHYARD_EMBEDDED_NATS_PORT"] = str(free_port())
-        self.children.append(self.procs.start(self.name, [*self.command("all"), "--embedded-nats", "--audit-process"],
-                                              env=env, cwd=str(self.repo)))
+    flags = ("--embedded-nats", "--audit-process")
 
 
 class SwitchyardSplit(Switchyard):

@@ -86,6 +86,14 @@ def memoize_labels(metric: MetricWrapperBase) -> None:
     metric.labels = labels  # type: ignore[method-assign]
 
 
+def memoize_all_labels(holder: object) -> None:
+    """``memoize_labels`` for every labelled metric among ``holder``'s attributes (one call after they are made,
+    so a metric added later is covered too)."""
+    for metric in vars(holder).values():
+        if isinstance(metric, MetricWrapperBase) and metric._labelnames:
+            memoize_labels(metric)
+
+
 class Metrics:
     """Every metric a Switchyard process exports, on its own registry."""
 
@@ -185,9 +193,7 @@ class Metrics:
                                     "accepted, by reason (stream_full: 503; job_queue_full: a tenant's queued-job "
                                     "cap, 429)", ["reason"], registry=r)
 
-        for metric in vars(self).values():
-            if isinstance(metric, MetricWrapperBase) and metric._labelnames:
-                memoize_labels(metric)
+        memoize_all_labels(self)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

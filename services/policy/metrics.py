@@ -20,7 +20,7 @@ from shared.events import (
 from shared.state.budgets import BudgetStore, Scope, to_nano, view
 from shared.state.scopes import team_scope_key
 from shared.state.teams import TeamDefaults, TeamStore, effective
-from shared.telemetry import OTHER, TenantLabels, memoize_labels
+from shared.telemetry import OTHER, TenantLabels, memoize_all_labels
 
 BUDGET_EXCEEDED = "budget_exceeded"  # the error code of a budget refusal (services/policy/handlers.py)
 
@@ -47,9 +47,7 @@ class PolicyMetrics:
                            ["kind", "action"], registry=registry)
         self.risk_flagged = Counter("switchyard_risk_flagged", "Requests whose prompt-risk score reached the "
                                     "team's threshold, by action", ["action"], registry=registry)
-        for metric in (self.tenant_requests, self.budget_denials, self.admissions, self.budget_events,
-                       self.budget_alerts, self.pii, self.risk_flagged):
-            memoize_labels(metric)
+        memoize_all_labels(self)
 
     def observe(self, events: Iterable[Event]) -> None:
         for e in events:

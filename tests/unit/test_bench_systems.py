@@ -80,3 +80,20 @@ def test_a_run_without_nginx_or_wrk_says_why_and_one_with_both_goes_on():
     assert unusable(Tools(nginx="/usr/sbin/nginx", wrk="/usr/bin/wrk")) is None
     why = unusable(Tools(nginx=None, wrk="/usr/bin/wrk", problems={"nginx-extras": "apt-get failed"}))
     assert why is not None and "nginx" in why and "apt-get failed" in why
+
+
+def test_the_all_in_one_shapes_differ_only_by_audit_in_a_child(tmp_path):
+    from bench.systems import SwitchyardAll, SwitchyardAllChild
+
+    class Upstream:
+        def base_url(self, mode: str) -> str:
+            return f"http://127.0.0.1:9/{mode}/v1"
+
+    started = {}
+    for cls in (SwitchyardAll, SwitchyardAllChild):
+        procs = _Procs()
+        cls(procs, Upstream(), tmp_path).start()
+        (name, cmd, env), = procs.started
+        started[name] = (cmd[cmd.index("all") + 1:], "SWITCHYARD_METRICS_PORT" in env)
+    assert started == {"sy-all": (["--embedded-nats"], False),
+                       "sy-all-child": (["--embedded-nats", "--audit-process"], True)}

@@ -27,7 +27,8 @@ status is 1 when any invariant count is not 0. Invariants (DESIGN.md §3) and wh
     refused-then-executed   answered "not accepted" (503 not_accepted) and later seen by the audit store
     revoked-key acceptances answers 200 to a revoked key later than 1 s after its revocation
     budget overspend        the capped team's ledger total above its daily budget
-    flood p99 > 3x idle     the other tenant's interactive p99 during the flood against its idle p99
+    flood p99 > 3x idle     the other tenant's interactive p99 during the flood against its idle p99 (p95 in
+                            the short run: of its ~50 samples a p99 is the single slowest call)
 
 See docs/reliability.md for the failure model these check.
 """
@@ -117,10 +118,13 @@ class Plan:
     # The calm tenant is measured while the flood is submitted and, at least this long from its start, while
     # its jobs drain: a short flood is submitted in a second or two, too few samples for a p99 (of 7, a max).
     flood_measure_s: float = 0.0
+    # The percentile the flood check compares. A short run's tens of samples make its p99 the single slowest
+    # call, which one scheduling hiccup of a loaded CI machine decides; its p95 still catches a lane that waits.
+    flood_quantile: float = 0.99
 
 
 SHORT = Plan("short", steady_rps=12, phase_s=4, outage_s=(3,), flood_jobs=400, cancels=6, settle_s=60,
-             flood_measure_s=8)
+             flood_measure_s=8, flood_quantile=0.95)
 FULL = Plan("full", steady_rps=20, phase_s=12, outage_s=(3, 35), flood_jobs=5000, cancels=30, settle_s=240)
 
 
@@ -558,7 +562,11 @@ class Chaos:
         def pct(xs: list[float], q: float) -> float:
             return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000 if xs else float("nan")
 
-        slow = int(bool(idle and busy) and pct(busy, 0.99) > 3 * pct(idle, 0.99))
+        def spread(xs: list[float]) -> str:
+            return " / ".join(f"{pct(xs, p):.1f}" for p in (0.5, 0.95, 0.99)) + f" (n={len(xs)})"
+
+        q = self.plan.flood_quantile
+        slow = int(bool(idle and busy) and pct(busy, q) > 3 * pct(idle, q))
         invariants = {
             "lost": t.lost,
             "more than one terminal": double,
@@ -568,7 +576,7 @@ class Chaos:
             "refused then executed": refused_ran,
             "revoked-key acceptances after revocation + 1 s": b.revoked_accepted,
             "budget overspend (count; $ below)": int(overspend > 1e-9),
-            "flood p99 over 3x idle p99": slow,
+            f"flood p{q * 100:g} over 3x idle p{q * 100:g}": slow,
         }
         facts = [
             ("run", f"{self.plan.name}, seed {self.seed}, audit store {self.store_kind}"),
@@ -591,8 +599,8 @@ class Chaos:
              f"{max(b.new_key_delay_s):.3f}" if b.new_key_delay_s else "n/a"),
             ("budget: capped team spent / budget ($)", f"{spent:.6f} / {BUDGET_USD:.6f}"),
             ("budget overspend ($)", f"{overspend:.6f}"),
-            ("calm p50 / p99 idle (ms)", f"{pct(idle, 0.5):.1f} / {pct(idle, 0.99):.1f} (n={len(idle)})"),
-            ("calm p50 / p99 during flood (ms)", f"{pct(busy, 0.5):.1f} / {pct(busy, 0.99):.1f} (n={len(busy)})"),
+            ("calm p50 / p95 / p99 idle (ms)", spread(idle)),
+            ("calm p50 / p95 / p99 during flood (ms)", spread(busy)),
             ("answers by kind and status", dict(sorted((f"{k}:{s}", n) for (k, s), n in b.answers.items()))),
         ]
         width = max(len(k) for k in [*invariants, *(k for k, _ in facts)]) + 2

@@ -54,9 +54,12 @@ class NatsNode:
     def __init__(self, name: str, base: Path, env: dict[str, str]) -> None:
         self.name = name
         self.dir = base / name
-        self.port, self.cluster_port, self.http_port = free_port(), free_port(), free_port()
         self.env = env
         self.proc: subprocess.Popen | None = None
+        self.new_ports()
+
+    def new_ports(self) -> None:
+        self.port, self.cluster_port, self.http_port = free_port(), free_port(), free_port()
 
     @property
     def url(self) -> str:
@@ -107,6 +110,13 @@ class NatsNode:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
             return json.load(r)
 
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = (self.dir / "nats-server.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(text[-lines:])
+
     def jetstream_ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz?js-enabled-only=true",
@@ -129,18 +139,40 @@ class NatsCluster:
         env.update({password_variable(u): p for u, p in self.passwords.items()})
         env.update(ROUTE_PASSWORD=self.route_password, JS_KEY=nats_secret(32))
         self.nodes = [NatsNode(f"n{i + 1}", base, env) for i in range(size)]
+        self._configure()
+
+    def _configure(self) -> None:
         for node in self.nodes:
-            node.configure([n for n in self.nodes if n is not node], self.route_password, auth)
+            node.configure([n for n in self.nodes if n is not node], self.route_password, self.auth)
 
     @property
     def urls(self) -> str:
         return ",".join(n.url for n in self.nodes)
 
-    def start(self, timeout: float = 30) -> "NatsCluster":
-        for node in self.nodes:
-            node.start()
-        wait_for(lambda: all(n.jetstream_ready() for n in self.nodes), timeout, "the NATS cluster did not form")
-        return self
+    def start(self, timeout: float = 30, tries: int = 3) -> "NatsCluster":
+        """Start every node and wait until each serves JetStream. A port is chosen free but bound only when
+        nats-server starts, so another process may take it in between: a node that exits at start makes the
+        whole cluster take fresh ports (the routes name them) and start again, up to ``tries`` times."""
+        for attempt in range(1, tries + 1):
+            for node in self.nodes:
+                node.start()
+            deadline = time.monotonic() + timeout
+            while not all(n.jetstream_ready() for n in self.nodes):
+                dead = [n for n in self.nodes if not n.alive()]
+                if dead or time.monotonic() > deadline:
+                    why = "; ".join(f"{n.name} ({'exited' if not n.alive() else 'running'}): {n.log_tail()}"
+                                    for n in self.nodes)
+                    self.stop()
+                    if not dead or attempt == tries:
+                        raise TimeoutError(f"the NATS cluster did not form (try {attempt}): {why}")
+                    for n in self.nodes:
+                        n.new_ports()
+                    self._configure()
+                    break
+                time.sleep(0.1)
+            else:
+                return self
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         for node in self.nodes:

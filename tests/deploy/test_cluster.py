@@ -197,3 +197,25 @@ async def test_stream_leader_killed_under_load_loses_nothing(tmp_path: Path):
     finally:
         codes = await cluster.stop()
     assert all(rc == 0 for rc in codes.values()), f"a process did not drain cleanly on SIGTERM: {codes}"
+
+
+def test_cluster_forms_when_a_chosen_port_is_taken_before_the_node_binds_it(tmp_path: Path):
+    """Ports are chosen free, but another process may bind one before nats-server does (a CI run once saw the
+    cluster never form): the node that exits makes the cluster take fresh ports and start again."""
+    import socket
+
+    from tools.cluster import NatsCluster
+
+    nats = NatsCluster(tmp_path)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", nats.nodes[1].port))
+    squatter.listen()
+    taken = nats.nodes[1].port
+    try:
+        nats.start(timeout=30)
+        assert taken not in {n.port for n in nats.nodes}
+        assert all(n.alive() and n.jetstream_ready() for n in nats.nodes)
+        assert nats.nodes[0].monitor("/routez")["num_routes"] >= 2
+    finally:
+        nats.stop()
+        squatter.close()

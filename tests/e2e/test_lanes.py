@@ -7,7 +7,7 @@ of the provider's calls. Before the lanes, every stage read one first-in-first-o
 key raised another tenant's synchronous latency from 22 ms to 23 s.
 
 - a flood of 500 jobs from tenant ``default`` (drained 2 at a time in the batch lane) while ``tenant-b``
-  sends synchronous requests: tenant-b's p99 during the flood stays within a small bound of its idle p99,
+  sends synchronous requests: tenant-b's p95 during the flood stays within a small bound of its idle p95,
   measured in the same test;
 - with ``default``'s backlog still queued, ``tenant-b`` queues 10 jobs: they finish while most of the backlog
   still waits (fair draining in the batch lane, ``services/workers/fairness.py``).
@@ -102,8 +102,10 @@ async def sync_latencies(client: httpx.AsyncClient, n: int) -> list[float]:
     return out
 
 
-def p99(values: list[float]) -> float:
-    return statistics.quantiles(values, n=100)[-1] if len(values) > 1 else values[0]
+def p95(values: list[float]) -> float:
+    """Of 40 samples a p99 is the slowest single call, which one stall of a loaded machine decides; a queue
+    behind the flood would slow far more than the slowest two of them."""
+    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
 
 
 async def test_a_job_flood_does_not_delay_another_tenants_interactive_requests(lanes):
@@ -116,10 +118,10 @@ async def test_a_job_flood_does_not_delay_another_tenants_interactive_requests(l
     busy = await sync_latencies(quiet, 40)
     left = FLOOD - ends.count("default")
     assert left > FLOOD / 8, f"the flood was nearly drained ({left} left) before the measurement ended"
-    idle_p99, busy_p99 = p99(idle), p99(busy)
+    idle_p95, busy_p95 = p95(idle), p95(busy)
     # Not behind the flood: hundreds of 80 ms calls, 2 at a time, would add seconds. The floor absorbs a loaded
     # 2-core machine's noise (this process also records every job of the flood as it ends).
-    assert busy_p99 <= max(3 * idle_p99, idle_p99 + 0.25), (busy_p99, idle_p99, statistics.median(busy))
+    assert busy_p95 <= max(3 * idle_p95, idle_p95 + 0.25), (busy_p95, idle_p95, max(busy), statistics.median(busy))
 
 
 async def test_jobs_drain_fairly_across_tenants(lanes):

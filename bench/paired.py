@@ -31,13 +31,21 @@ SHAPES = {"sy-all-child": SwitchyardAllChild, "sy-all": SwitchyardAll, "sy-duo":
 FIGURES = ("rps", "p50_ms", "p99_ms", "cpu_us")
 
 
-def measure(system: Switchyard, wrk: str, c: int, duration_s: float, everything: list[int]) -> dict:
+def measure(system: Switchyard, wrk: str, c: int, duration_s: float, everything: list[int],
+            workload: str = "chat") -> dict:
+    """One run of ``workload``: ``chat`` (synchronous completions) or ``jobs`` (``POST /v1/jobs``; req/s counts
+    the 202s, and the next run waits, in ``quiesce``, until the accepted jobs have drained)."""
     quiesce(everything)
     pids = tree(system.pids())
     before = cpu_ticks(pids)
-    res = run_wrk(wrk, system.chat_url("fast"), system.body("fast"), system.key, c, duration_s)
+    if workload == "jobs":
+        res = run_wrk(wrk, system.jobs_url(), system.body("fast"), system.key, c, duration_s, accept_status=202)
+        rps, errors = res.accepted / duration_s, res.errors + (res.requests - res.non2xx - res.accepted)
+    else:
+        res = run_wrk(wrk, system.chat_url("fast"), system.body("fast"), system.key, c, duration_s)
+        rps, errors = res.rps, res.errors + res.non2xx
     used = cpu_ticks(pids) - before
-    return {"rps": res.rps, "p50_ms": res.p50_ms, "p99_ms": res.p99_ms, "errors": res.errors + res.non2xx,
+    return {"rps": rps, "p50_ms": res.p50_ms, "p99_ms": res.p99_ms, "errors": errors,
             "cpu_us": round(used / CLOCK_TICKS / max(1, res.requests) * 1e6)}
 
 
@@ -86,6 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--new", default=str(REPO), help="the new checkout (default: this one)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="sy-all")
     ap.add_argument("--old-shape", choices=sorted(SHAPES), help="old's shape when it differs (one shape against another)")
+    ap.add_argument("--workload", choices=("chat", "jobs"), default="chat",
+                    help="synchronous completions, or job submissions (ingest: 202s per second)")
     ap.add_argument("--concurrency", default="1,64", help="comma list")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--duration", type=float, default=5.0)
@@ -105,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         log(why)
         return 2
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    results: dict = {"started": started.isoformat(), "shape": args.shape, "old_shape": args.old_shape or args.shape, "old": args.old, "new": args.new,
+    results: dict = {"started": started.isoformat(), "shape": args.shape, "workload": args.workload, "old_shape": args.old_shape or args.shape, "old": args.old, "new": args.new,
                      "env_old": args.env_old, "env_new": args.env_new,
                      "rounds": args.rounds, "duration_s": args.duration, "runs": []}
     try:
@@ -125,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         everything = [pid for s in systems.values() for pid in s.pids()]
         for c in concurrencies:
             for rnd, t in schedule(["old", "new"], args.rounds):
-                r = measure(systems[t], tools.wrk, c, args.duration, everything)
+                r = measure(systems[t], tools.wrk, c, args.duration, everything, args.workload)
                 results["runs"].append({"c": c, "round": rnd, "tree": t, **r})
                 log(f"c={c} round {rnd} {t}: {r}")
     except KeyboardInterrupt:

@@ -135,6 +135,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of load while sampling")
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--mode", default="fast", help="upstream mode (fast: immediate answer)")
+    ap.add_argument("--workload", choices=("chat", "jobs"), default="chat",
+                    help="synchronous completions, or job submissions (POST /v1/jobs, counted by their 202s)")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="a setting of the shape")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--all-threads", action="store_true",
                     help="sample every running thread (default: only the thread holding the GIL, i.e. Python CPU)")
@@ -162,12 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         upstream = Upstream(tools.nginx, procs, workdir)
         upstream.start()
         upstream.verify()
-        system = SHAPES[args.shape](procs, upstream, workdir)
+        system = SHAPES[args.shape](procs, upstream, workdir, extra_env=dict(kv.split("=", 1) for kv in args.env))
         log(f"{system.name}: starting")
         system.start()
         system.wait_ready(180)
-        url, body = system.chat_url(args.mode), system.body(args.mode)
-        run_wrk(tools.wrk, url, body, system.key, args.concurrency, 5.0)  # warm-up
+        url = system.jobs_url() if args.workload == "jobs" else system.chat_url(args.mode)
+        body, accept = system.body(args.mode), (202 if args.workload == "jobs" else None)
+        run_wrk(tools.wrk, url, body, system.key, args.concurrency, 5.0, accept_status=accept)  # warm-up
         quiesce(system.pids())
         pys = python_processes(system)
         spies = {}
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         named = {pid: name for name, pid in pys.items()}
         pids = {pid: named.get(pid, comm(pid)) for pid in tree(system.pids())}
         before, threads_before = {pid: cpu_ticks([pid]) for pid in pids}, thread_ticks(pids)
-        res = run_wrk(tools.wrk, url, body, system.key, args.concurrency, args.duration)
+        res = run_wrk(tools.wrk, url, body, system.key, args.concurrency, args.duration, accept_status=accept)
         after, threads_after = {pid: cpu_ticks([pid]) for pid in pids}, thread_ticks(pids)
         requests = max(1, res.requests)
         for _, spy in spies.values():

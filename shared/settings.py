@@ -65,6 +65,11 @@ class NatsSettings(Section):
     busy_poll_us: int | None = Field(None, ge=0, le=100_000, description="after each message, keep the event "
                                      "loop polling (not sleeping) this long; 0: off; unset: 500 in a process that "
                                      "runs the whole request path, else off (see shared/bus/busypoll.py)")
+    batch_yield_at: int = Field(16, ge=0, description="requests this process's API answers at once at which the "
+                                "batch lane's first stage (policy-batch) reads at most batch_yield_window jobs at "
+                                "once, until half as many are left; 0: never. Only a process that runs the gateway "
+                                "counts requests (see shared/bus/serving.py)")
+    batch_yield_window: int = Field(4, ge=1, description="the batch lane's window while the API is busy")
     # ---- the bus as a trust boundary (docs/security.md): who connects, over what, stored how ----
     user: str | None = Field(None, description="NATS user: the role this process plays (gateway, policy, router, "
                              "worker, audit, a '+' joined combination such as policy+router, or all); unset with "

@@ -44,6 +44,7 @@ from services.gateway.templates import TemplateIn
 from services.gateway.web import BearerTokens, CurrentKeys, error_response, exception_response
 from services.ops import install_ops_routes, serve
 from services.runtime import Deps
+from shared.bus.serving import Serving
 from shared.canonical import ChatRequest, EmbeddingRequest
 from shared.errors import ErrorInfo, SwitchyardError
 from shared.oidc import OidcVerifier
@@ -274,8 +275,12 @@ class HotPaths:
     the same OpenAI shape as the FastAPI exception handlers give them.
     """
 
-    def __init__(self, app: FastAPI, routes: Iterable[Route], on_request: Callable[[], None] | None = None) -> None:
+    def __init__(self, app: FastAPI, routes: Iterable[Route], on_request: Callable[[], None] | None = None,
+                 serving: Serving | None = None) -> None:
+        """``serving``: counts the hot requests being answered, for a batch lane in this process that yields to
+        them (``shared/bus/serving.py``)."""
         self.app = app
+        self.serving = serving or Serving()
         self.exact: dict[tuple[str, str], Callable[..., Awaitable[Response]]] = {}
         # (method, parent path) → handler of a route whose last segment is its one parameter
         self.by_parent: dict[tuple[str, str], Callable[..., Awaitable[Response]]] = {}
@@ -307,18 +312,22 @@ class HotPaths:
                 return
             answer = handler(Request(scope, receive), last)
         self._poke()  # the request's answer comes back over the bus within the busy-poll window
+        self.serving.started()
         try:
-            response = await answer
-        except Exception as exc:  # noqa: BLE001 - the same answer the FastAPI exception handlers give
-            response = exception_response(exc)
-        await response(scope, receive, send)
+            try:
+                response = await answer
+            except Exception as exc:  # noqa: BLE001 - the same answer the FastAPI exception handlers give
+                response = exception_response(exc)
+            await response(scope, receive, send)
+        finally:
+            self.serving.finished()
 
 
 async def run(deps: Deps, arg: str | None = None) -> None:
     endpoints = Endpoints.build(deps)
     await endpoints.start()
     routes = route_table(endpoints)
-    app = HotPaths(create_app(deps, routes), routes, on_request=deps.bus.poll.poke)
+    app = HotPaths(create_app(deps, routes), routes, on_request=deps.bus.poll.poke, serving=deps.bus.serving)
     if deps.settings.oidc.issuers:  # bearer JWTs of the configured issuers, beside API keys (shared/oidc.py)
         app = BearerTokens(app, deps.keyring, OidcVerifier(deps.settings.oidc))
     app = CurrentKeys(app, deps.keyring)  # keys read from KV while the watched index is not current

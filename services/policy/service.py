@@ -83,7 +83,7 @@ async def run(deps: Deps, arg: str | None = None) -> None:
     gauges = BudgetGauges(deps.telemetry.metrics.registry, metrics.budget_teams, pdeps.teams, pdeps.budgets, s)
     deps.bus.start(every(deps.settings.telemetry.collect_interval_s, gauges.collect, "budgets", deps.telemetry.metrics))
     admit_sub = Subscription(DURABLE, (REQUESTED,), s.consumer)
-    batch_sub = Subscription(BATCH_DURABLE, (lane_subject(REQUESTED, BATCH),), s.batch_consumer)
+    batch_sub = Subscription(BATCH_DURABLE, (lane_subject(REQUESTED, BATCH),), s.batch_consumer, yields=True)
     settle_sub = Subscription(SETTLE_DURABLE, SETTLE_SUBJECTS, s.settle_consumer)
 
     def admitter(fair: FairShare):

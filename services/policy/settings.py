@@ -62,7 +62,11 @@ class PolicySettings(Section):
 
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings,
                                        description="the interactive lane's consumer (synchronous and streamed)")
-    batch_consumer: ConsumerSettings = Field(default_factory=lambda: ConsumerSettings(concurrency=64),
+    # A job over its tenant's share goes back to the stream for a moment (nak with a delay). Where the stream goes
+    # quiet right after, the server has been seen to send such a job again only at the consumer's next ack-wait
+    # check (30 s by default), not after the delay asked for: a short ack_wait bounds that wait, as in the workers'
+    # batch lane (handlers that run longer are kept alive with in_progress).
+    batch_consumer: ConsumerSettings = Field(default_factory=lambda: ConsumerSettings(concurrency=64, ack_wait_s=5.0),
                                              description="the batch lane's consumer (async jobs)")
     settle_consumer: ConsumerSettings = Field(default_factory=ConsumerSettings,
                                               description="the consumer of terminal events (budget settlement)")

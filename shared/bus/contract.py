@@ -45,6 +45,8 @@ class Subscription:
     # Safe to recreate and replay from the start (an idempotent reader such as audit) when its
     # configuration changes in a way JetStream cannot update in place.
     replayable: bool = False
+    # Reads a smaller window while this process's API is busy (a batch lane's first stage, shared/bus/serving.py).
+    yields: bool = False
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from nats.js.kv import KeyValue
 from opentelemetry.trace import SpanKind
 
 from shared.bus.busypoll import BusyPoll
+from shared.bus.serving import Serving
 from shared.bus.capacity import StreamCapacity, full_error, is_full
 from shared.bus.contract import (
     BatchHandler,
@@ -93,6 +94,8 @@ class Bus:
         # The setting wins; unset, the process's shape decides (``busy_poll_s``, from bootstrap).
         us = settings.busy_poll_us
         self.poll = BusyPoll(us / 1e6 if us is not None else busy_poll_s)
+        # Requests this process's API is answering: a yielding consumer (the batch lane) reads less meanwhile.
+        self.serving = Serving(settings.batch_yield_at, settings.batch_yield_window)
         # Moves on at every disconnection and reconnection: what was read under one value (a KV watch's
         # index) is not known to be current under another (``shared.auth.KeyStore``).
         self.epoch = 0
@@ -345,7 +348,9 @@ class Bus:
 
     async def _pull(self, sub: Subscription, max_outstanding: int, deliver: Callable[[Msg], None]) -> PullLoop:
         await self.ensure_consumer(sub)
-        loop = PullLoop(self, sub, max_outstanding, deliver)
+        loop = PullLoop(self, sub, max_outstanding, deliver, limit=self.serving.window if sub.yields else None)
+        if sub.yields:
+            self.serving.on_quiet(loop.kick)
         await loop.start()
         return loop
 

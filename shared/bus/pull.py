@@ -43,10 +43,14 @@ class PullLoop:
     EXPIRES_S = 30.0
     HEARTBEAT_S = 5.0
 
-    def __init__(self, bus: Owner, sub: Subscription, max_outstanding: int, deliver: Callable[[Msg], None]) -> None:
+    def __init__(self, bus: Owner, sub: Subscription, max_outstanding: int, deliver: Callable[[Msg], None],
+                 limit: Callable[[int], int] | None = None) -> None:
+        """``limit``: the window to read with now, given the full one (a batch lane yielding to the API of its
+        process, ``shared/bus/serving.py``); messages already asked for still arrive."""
         self.bus = bus
         self.sub = sub
         self.window = max(1, max_outstanding)
+        self._limit = limit
         self.owed = 0  # messages requested and not yet delivered or released by a status
         self.busy = 0  # messages delivered and not yet finished
         self.deliver = deliver
@@ -83,6 +87,7 @@ class PullLoop:
             self._nsub = None
 
     async def stop(self) -> None:
+        self.draining = True  # for good: a late kick asks for nothing
         if self._watch is not None:
             self._watch.cancel()
         if self._nsub is not None:
@@ -113,9 +118,13 @@ class PullLoop:
             log.info("pull %s: status %s %s", self.sub.durable, status, msg.headers.get("Description", ""))
         self.bus.start(self._refill())
 
+    def _window(self) -> int:
+        return self.window if self._limit is None else max(1, self._limit(self.window))
+
     async def _refill(self) -> None:
-        want = self.window - self.owed - self.busy
-        if self.draining or want <= 0 or (self.owed + self.busy > self.window // 2 and self.owed > 0):
+        window = self._window()
+        want = window - self.owed - self.busy
+        if self.draining or want <= 0 or (self.owed + self.busy > window // 2 and self.owed > 0):
             return
         req = {"batch": want, "expires": int(self.EXPIRES_S * 1e9), "idle_heartbeat": int(self.HEARTBEAT_S * 1e9)}
         self.owed += want
@@ -145,7 +154,12 @@ class PullLoop:
     def done(self, _: object = None) -> None:
         """One delivered message is finished: make room for more."""
         self.busy -= 1
-        if self.owed + self.busy <= self.window // 2 and not self.draining:
+        if self.owed + self.busy <= self._window() // 2 and not self.draining:
+            self.bus.start(self._refill())
+
+    def kick(self) -> None:
+        """The window may have grown: ask for the difference now rather than at the next finished message."""
+        if not self.draining:
             self.bus.start(self._refill())
 
 

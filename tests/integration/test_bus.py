@@ -10,7 +10,7 @@ from nats.js.errors import APIError
 
 from shared.bus import Bus, Bucket, Subscription
 from shared.errors import InvalidRequest, UpstreamUnavailable
-from shared.events import CompletionFailed, CompletionRequested, decoder
+from shared.events import CompletionFailed, CompletionRequested, decoder, encoder
 from shared.state.jobs import advance_job, get_job
 from shared.events import JobRecord
 from shared.lifecycle import poison
@@ -260,3 +260,43 @@ def test_busy_poll_is_on_by_default_only_where_one_process_runs_the_request_path
     assert Bus(NatsSettings(busy_poll_us=0), tel, busy_poll_s=BUSY_POLL_S).poll.window_s == 0.0
     assert Bus(NatsSettings(busy_poll_us=2000), tel, busy_poll_s=0.0).poll.window_s == 0.002
     assert set(REQUEST_PATH) == {"gateway", "policy", "router", "worker"}
+
+
+async def test_a_yielding_consumer_reads_its_small_window_while_the_api_is_busy_and_its_full_one_after(bus):
+    """shared/bus/serving.py against a real server: while this process's API answers ``busy_at`` requests, a
+    yielding subscription (the batch lane's first stage) holds at most ``window`` messages; once the API is quiet
+    it reads its full window at once, without waiting for a message to finish."""
+    from shared.bus.serving import Serving
+
+    saved = bus.serving
+    bus.serving = Serving(busy_at=1, window=3)
+    held, release = set(), asyncio.Event()
+    sub = Subscription("t-yield", ("sy.evt.requested.yield",), ConsumerSettings(concurrency=20, ack_wait_s=30),
+                       yields=True)
+
+    async def handler(event: CompletionRequested, delivery):
+        held.add(event.request_id)
+        await release.wait()
+        return []
+
+    bus.serving.started()  # one request in flight: busy
+    task = bus.start(bus.consume("test-yield", sub, handler))
+    try:
+        for i in range(40):
+            await bus.js.publish("sy.evt.requested.yield", encoder.encode(requested(chat("m"), rid=f"req_y{i}")))
+        await eventually(lambda: len(held) == 3, timeout=10, message=lambda: f"held {len(held)}")
+        await asyncio.sleep(0.5)
+        assert len(held) == 3  # the small window, with 37 waiting in the stream
+        bus.serving.finished()  # the API is quiet
+        await eventually(lambda: len(held) == 20, timeout=10, message=lambda: f"held {len(held)}")
+        release.set()
+
+        async def settled() -> bool:
+            info = await bus.js.consumer_info(bus.settings.stream, "t-yield")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await eventually(settled, timeout=15)
+        assert len(held) == 40
+    finally:
+        task.cancel()
+        bus.serving = saved

@@ -73,3 +73,26 @@ def test_the_route_table_marks_exactly_the_hot_endpoints():
         ("POST", "/v1/completions"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/{job_id}")}
     assert len({(r.method, r.path) for r in table}) == len(table)  # one handler per method and path
     HotPaths(FastAPI(), table)  # every hot route has a shape the fast dispatch can match
+
+
+async def test_hot_requests_are_counted_while_answered_failures_included():
+    """The count a batch lane in the same process yields to (shared/bus/serving.py): up while a hot request is
+    being answered, down once its answer is sent, whether it succeeded or failed."""
+    from shared.bus.serving import Serving
+
+    seen: list[int] = []
+    serving = Serving(busy_at=2, window=1)
+
+    class Gateway(FakeGateway):
+        async def embeddings(self, request):
+            seen.append(serving.active)
+            return json_response({"ok": True})
+
+    gw = Gateway()
+    hot = HotPaths(FastAPI(), [Route("POST", "/v1/embeddings", gw.embeddings, "", hot=True),
+                               Route("POST", "/v1/messages", gw.messages, "", hot=True)], serving=serving)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hot, raise_app_exceptions=False),
+                                 base_url="http://t") as c:
+        assert (await c.post("/v1/embeddings", json={})).status_code == 200
+        assert (await c.post("/v1/messages", json={})).status_code == 500
+    assert seen == [1] and serving.active == 0

@@ -47,7 +47,8 @@ def cli() -> None:
         nats = settings.nats
         # Authenticated (one user per role) and encrypted at rest; this process connects as its targets' role.
         server = NatsServer(Path(settings.data_dir) / "nats", port=port, stream=nats.stream, cipher=nats.store_cipher,
-                            sync=nats.store_sync, store_key=nats.store_key.get_secret_value() if nats.store_key else None).start()
+                            sync=nats.store_sync, store_key=nats.store_key.get_secret_value() if nats.store_key else None,
+                            follow_parent=True).start()  # ends with this process, even a SIGKILLed one
         nats.url = server.url
         if not nats.user and not nats.creds_file:
             nats.passwords_file = str(server.passwords_path)

@@ -10,7 +10,6 @@ gets SIGTERM when the parent dies, however it dies.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -19,25 +18,20 @@ import sys
 import threading
 import time
 
+from shared.natsd import die_with
+
 log = logging.getLogger("switchyard.supervise")
 
 PARENT_ENV = "SWITCHYARD_PARENT_PID"  # set for a child: it ends when that process does
 CHILD_NICE = 10  # the pipeline's nice on one host (SWITCHYARD_NICE)
-_PR_SET_PDEATHSIG = 1
 
 
 def follow_parent() -> None:
     """In a child started by ``Child``: receive SIGTERM when the parent dies (Linux), and stop at once if it
     is gone already (it died between the fork and this call)."""
     parent = os.environ.get(PARENT_ENV)
-    if not parent or not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):  # no prctl: the parent's stop still ends it
-        return
-    if os.getppid() != int(parent):
-        os.kill(os.getpid(), signal.SIGTERM)
+    if parent:
+        die_with(int(parent))
 
 
 class Child:

@@ -22,8 +22,10 @@ processes find their role's password in ``passwords.json``
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import secrets
 import shutil
 import socket
@@ -39,6 +41,21 @@ from shared.bus.permissions import OPERATOR, inbox_prefix, render_authorization,
 from shared.settings import NatsSettings
 
 STORE_KEY_ENV = "SWITCHYARD_NATS_STORE_KEY"  # how the store key reaches nats-server (never its config file)
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with(parent: int, sig: int = signal.SIGTERM) -> None:
+    """In a child process (before ``exec``, or first thing in Python): receive ``sig`` when ``parent`` dies,
+    however it dies (Linux; elsewhere nothing), and stop at once if it is gone already (it died between the
+    fork and this call). The parent's thread that started the child must live as long as the parent."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: the parent's stop still ends it
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
 
 
 def nats_server_binary() -> str:
@@ -102,8 +119,12 @@ class NatsServer:
     def __init__(self, store_dir: str | Path, port: int | None = None, host: str = "127.0.0.1",
                  log_file: str | Path | None = None, *, auth: bool = True, encrypt: bool = True,
                  store_key: str | None = None, cipher: str = "chachapoly", stream: str = "SWITCHYARD",
-                 tls: tuple[str, str] | None = None, sync: str | None = None) -> None:
+                 tls: tuple[str, str] | None = None, sync: str | None = None,
+                 follow_parent: bool = False) -> None:
+        """``follow_parent``: the server ends when the process that started it dies, even by SIGKILL (the
+        embedded server of ``python -m services``; start it from the main thread)."""
         self.store_dir = Path(store_dir)
+        self.follow_parent = follow_parent
         self.host = host
         self.port = port or free_port(host)
         self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
@@ -198,8 +219,10 @@ class NatsServer:
         if self.encrypt:
             env[STORE_KEY_ENV] = self.store_key()
         cmd = [nats_server_binary(), "-c", str(conf), "-l", str(self.log_file)]
+        parent = os.getpid()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+                                     stderr=subprocess.DEVNULL, start_new_session=True, env=env,
+                                     preexec_fn=(lambda: die_with(parent)) if self.follow_parent else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

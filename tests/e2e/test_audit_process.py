@@ -2,7 +2,8 @@
 
 Audit runs in a child process of its own: it records what the request path does, answers on its own
 ``/readyz``, comes back after a SIGKILL (nothing published meanwhile is lost: its consumer is durable), stops
-after the parent on SIGTERM, and ends when the parent is SIGKILLed too (it follows its parent).
+after the parent on SIGTERM, and ends when the parent is SIGKILLed too (it follows its parent), as does the
+embedded nats-server.
 """
 
 from __future__ import annotations
@@ -123,9 +124,12 @@ async def test_the_child_ends_when_its_parent_is_killed(tree):
     pid = main.proc.pid
     nats_pids.extend(c for c in children(pid) if "nats-server" in cmdline(c))
     child = audit_child(pid)
-    assert child is not None
+    assert child is not None and nats_pids
     main.kill()
     await eventually(lambda: gone(child), timeout=15, message="audit's child outlived its SIGKILLed parent")
+    # The embedded nats-server follows its parent too: a SIGKILLed `make run` leaves no server on its port.
+    await eventually(lambda: all(gone(n) for n in nats_pids), timeout=20,
+                     message="the embedded nats-server outlived its SIGKILLed parent")
 
 
 def test_the_childs_environment_joins_the_parents_bus_and_never_starts_a_second_server(monkeypatch):

@@ -105,3 +105,11 @@ def measure_jobs(wrk: str, url: str, body: dict, key: str, concurrency: int, dur
         res.drain_after_ingest_s = max(0.0, last_done - t_ingest_end)
         res.drain_rps = res.accepted / res.drain_s
     return res
+
+
+def median_jobs(runs: list[JobsResult]) -> dict:
+    """The run with the median intake (a failed run counts as the lowest), with every run's intake beside it."""
+    ranked = sorted(runs, key=lambda r: r.ingest_rps if r.failed is None and r.ingest_rps is not None else -1.0)
+    out = ranked[(len(ranked) - 1) // 2].public()
+    out["rounds_ingest_rps"] = [None if r.failed else r.ingest_rps for r in runs]
+    return out

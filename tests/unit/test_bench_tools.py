@@ -90,3 +90,16 @@ def test_the_portkey_shim_gives_a_response_built_from_a_fetched_one_mutable_head
     assert json.loads(done.stdout) == {"type": "text/event-stream", "added": "1", "statics": "static kept"}
     bare = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=30)
     assert bare.returncode != 0 and "immutable" in bare.stderr  # the bug the shim is for
+
+
+def test_job_intake_is_the_median_of_its_rounds_a_failed_round_counting_lowest():
+    from bench.jobs import JobsResult, median_jobs
+
+    runs = [JobsResult(ingest_rps=2900.0, accepted=1), JobsResult(ingest_rps=1400.0, accepted=2),
+            JobsResult(ingest_rps=2100.0, accepted=3)]
+    out = median_jobs(runs)
+    assert out["ingest_rps"] == 2100.0 and out["accepted"] == 3
+    assert out["rounds_ingest_rps"] == [2900.0, 1400.0, 2100.0]
+    failed = median_jobs([JobsResult(ingest_rps=3000.0), JobsResult(failed="wrk died"), JobsResult(ingest_rps=1000.0)])
+    assert failed["ingest_rps"] == 1000.0 and failed["rounds_ingest_rps"] == [3000.0, None, 1000.0]
+    assert median_jobs([JobsResult(ingest_rps=5.0)])["ingest_rps"] == 5.0

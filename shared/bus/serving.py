@@ -29,14 +29,12 @@ class Serving:
         self.floor = max(1, window)
         self.active = 0
         self.busy = False
-        self.yields = 0  # times the API became busy (the batch lane started yielding)
         self._on_quiet: list[Callable[[], None]] = []
 
     def started(self) -> None:
         self.active += 1
         if not self.busy and self.busy_at and self.active >= self.busy_at:
             self.busy = True
-            self.yields += 1
 
     def finished(self) -> None:
         self.active -= 1
@@ -49,8 +47,6 @@ class Serving:
         """The window a yielding consumer of ``full`` messages reads with now."""
         return min(full, self.floor) if self.busy else full
 
-    def on_quiet(self, fn: Callable[[], None]) -> Callable[[], None]:
-        """Call ``fn`` whenever the API turns quiet (a yielding consumer reads its full window again at once);
-        returns what removes it."""
+    def on_quiet(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` whenever the API turns quiet (a yielding consumer reads its full window again at once)."""
         self._on_quiet.append(fn)
-        return lambda: self._on_quiet.remove(fn) if fn in self._on_quiet else None

@@ -193,7 +193,8 @@ def measure(system: System, wrk: str, p: Profile, res: dict) -> None:
             # One 5 s intake varies by a factor of two between runs of one build on a small VM: the median of a few.
             runs = []
             for _ in range(p.jobs_rounds):
-                quiesce(system.pids())
+                if runs:  # the step itself starts idle; each later round once the jobs before have drained
+                    quiesce(system.pids())
                 r = measure_jobs(wrk, system.jobs_url(), system.body("fast"), KEY, p.jobs_c, p.jobs_s,
                                  p.drain_timeout_s)
                 log(f"{system.name}: jobs ingest {r.ingest_rps} /s, drain {r.drain_rps} /s ({r.sample_status})")

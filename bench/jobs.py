@@ -52,6 +52,26 @@ class JobsResult:
         return asdict(self)
 
 
+WORKLOADS = ("chat", "jobs")
+
+
+def intake_errors(w: WrkResult) -> int:
+    """Failed submissions of a run that expected 202s: socket errors, non-2xx, and any 2xx other than 202."""
+    return w.errors + (w.requests - w.non2xx - w.accepted)
+
+
+def run_workload(wrk: str, system, workload: str, concurrency: int, duration_s: float,
+                 mode: str = "fast") -> tuple[WrkResult, float, int]:
+    """One wrk run of ``workload`` against a system: ``chat`` (synchronous completions) or ``jobs`` (``POST
+    /v1/jobs``, counted by their 202s). Returns wrk's result, the rate (answers or accepted jobs per second) and
+    the errors."""
+    if workload == "jobs":
+        w = run_wrk(wrk, system.jobs_url(), system.body(mode), system.key, concurrency, duration_s, accept_status=202)
+        return w, w.accepted / duration_s, intake_errors(w)
+    w = run_wrk(wrk, system.chat_url(mode), system.body(mode), system.key, concurrency, duration_s)
+    return w, w.rps, w.errors + w.non2xx
+
+
 def measure_jobs(wrk: str, url: str, body: dict, key: str, concurrency: int, duration_s: float,
                  drain_timeout_s: float) -> JobsResult:
     res = JobsResult(concurrency=concurrency)
@@ -63,7 +83,7 @@ def measure_jobs(wrk: str, url: str, body: dict, key: str, concurrency: int, dur
         return res
     res.ingest_s = w.duration_s
     res.accepted = w.accepted
-    res.ingest_errors = w.errors + (w.requests - w.non2xx - w.accepted)  # any 2xx other than 202 is wrong too
+    res.ingest_errors = intake_errors(w)
     res.ingest_rps = w.accepted / duration_s
     res.ingest_p50_ms, res.ingest_p99_ms = w.p50_ms, w.p99_ms
     ids = w.ids

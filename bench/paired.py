@@ -22,6 +22,7 @@ from pathlib import Path
 from bench import install, save_results
 from bench.attribution import schedule
 from bench.install import log
+from bench.jobs import WORKLOADS, run_workload
 from bench.load import run_wrk
 from bench.procs import CLOCK_TICKS, cpu_ticks, quiesce, start_run, tree
 from bench.systems import REPO, SwitchyardAll, SwitchyardAllChild, SwitchyardDuo, SwitchyardSplit, Switchyard
@@ -38,12 +39,7 @@ def measure(system: Switchyard, wrk: str, c: int, duration_s: float, everything:
     quiesce(everything)
     pids = tree(system.pids())
     before = cpu_ticks(pids)
-    if workload == "jobs":
-        res = run_wrk(wrk, system.jobs_url(), system.body("fast"), system.key, c, duration_s, accept_status=202)
-        rps, errors = res.accepted / duration_s, res.errors + (res.requests - res.non2xx - res.accepted)
-    else:
-        res = run_wrk(wrk, system.chat_url("fast"), system.body("fast"), system.key, c, duration_s)
-        rps, errors = res.rps, res.errors + res.non2xx
+    res, rps, errors = run_workload(wrk, system, workload, c, duration_s)
     used = cpu_ticks(pids) - before
     return {"rps": rps, "p50_ms": res.p50_ms, "p99_ms": res.p99_ms, "errors": errors,
             "cpu_us": round(used / CLOCK_TICKS / max(1, res.requests) * 1e6)}
@@ -94,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--new", default=str(REPO), help="the new checkout (default: this one)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="sy-all")
     ap.add_argument("--old-shape", choices=sorted(SHAPES), help="old's shape when it differs (one shape against another)")
-    ap.add_argument("--workload", choices=("chat", "jobs"), default="chat",
+    ap.add_argument("--workload", choices=WORKLOADS, default="chat",
                     help="synchronous completions, or job submissions (ingest: 202s per second)")
     ap.add_argument("--concurrency", default="1,64", help="comma list")
     ap.add_argument("--rounds", type=int, default=6)

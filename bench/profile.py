@@ -27,7 +27,7 @@ from typing import Iterator
 
 from bench import RESULTS_DIR, install, save_results
 from bench.install import log
-from bench.load import run_wrk
+from bench.jobs import WORKLOADS, run_workload
 from bench.procs import CLOCK_TICKS, cpu_ticks, quiesce, start_run, stat_ticks, tree
 from bench.systems import SwitchyardAll, SwitchyardAllChild, SwitchyardSplit, System
 from bench.upstream import Upstream
@@ -135,7 +135,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of load while sampling")
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--mode", default="fast", help="upstream mode (fast: immediate answer)")
-    ap.add_argument("--workload", choices=("chat", "jobs"), default="chat",
+    ap.add_argument("--workload", choices=WORKLOADS, default="chat",
                     help="synchronous completions, or job submissions (POST /v1/jobs, counted by their 202s)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="a setting of the shape")
     ap.add_argument("--top", type=int, default=25)
@@ -169,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{system.name}: starting")
         system.start()
         system.wait_ready(180)
-        url = system.jobs_url() if args.workload == "jobs" else system.chat_url(args.mode)
-        body, accept = system.body(args.mode), (202 if args.workload == "jobs" else None)
-        run_wrk(tools.wrk, url, body, system.key, args.concurrency, 5.0, accept_status=accept)  # warm-up
+        run_workload(tools.wrk, system, args.workload, args.concurrency, 5.0, args.mode)  # warm-up
         quiesce(system.pids())
         pys = python_processes(system)
         spies = {}
@@ -186,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         named = {pid: name for name, pid in pys.items()}
         pids = {pid: named.get(pid, comm(pid)) for pid in tree(system.pids())}
         before, threads_before = {pid: cpu_ticks([pid]) for pid in pids}, thread_ticks(pids)
-        res = run_wrk(tools.wrk, url, body, system.key, args.concurrency, args.duration, accept_status=accept)
+        res, _, _ = run_workload(tools.wrk, system, args.workload, args.concurrency, args.duration, args.mode)
         after, threads_after = {pid: cpu_ticks([pid]) for pid in pids}, thread_ticks(pids)
         requests = max(1, res.requests)
         for _, spy in spies.values():

@@ -153,26 +153,24 @@ class NatsCluster:
         """Start every node and wait until each serves JetStream. A port is chosen free but bound only when
         nats-server starts, so another process may take it in between: a node that exits at start makes the
         whole cluster take fresh ports (the routes name them) and start again, up to ``tries`` times."""
-        for attempt in range(1, tries + 1):
+        for attempt in itertools.count(1):
             for node in self.nodes:
                 node.start()
             deadline = time.monotonic() + timeout
             while not all(n.jetstream_ready() for n in self.nodes):
-                dead = [n for n in self.nodes if not n.alive()]
-                if dead or time.monotonic() > deadline:
-                    why = "; ".join(f"{n.name} ({'exited' if not n.alive() else 'running'}): {n.log_tail()}"
-                                    for n in self.nodes)
-                    self.stop()
-                    if not dead or attempt == tries:
-                        raise TimeoutError(f"the NATS cluster did not form (try {attempt}): {why}")
-                    for n in self.nodes:
-                        n.new_ports()
-                    self._configure()
+                died = not all(n.alive() for n in self.nodes)
+                if died or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
             else:
                 return self
-        raise AssertionError("unreachable")
+            why = "; ".join(f"{n.name} ({'running' if n.alive() else 'exited'}): {n.log_tail()}" for n in self.nodes)
+            self.stop()
+            if not died or attempt >= tries:
+                raise TimeoutError(f"the NATS cluster did not form (try {attempt}): {why}")
+            for node in self.nodes:
+                node.new_ports()
+            self._configure()
 
     def stop(self) -> None:
         for node in self.nodes:
